@@ -103,7 +103,10 @@ pub fn to_json(e: &Event) -> Result<Value, ConvertError> {
     fields::put_string(&mut out, "dataschema", &e.dataschema);
     if !e.datacontenttype.is_empty() {
         check_content_type(&e.datacontenttype)?;
-        out.insert("datacontenttype".to_owned(), Value::from(e.datacontenttype.as_str()));
+        out.insert(
+            "datacontenttype".to_owned(),
+            Value::from(e.datacontenttype.as_str()),
+        );
     }
     if !e.detail.is_empty() {
         out.insert("data".to_owned(), fields::parse_json(&e.detail, "detail")?);
@@ -115,7 +118,11 @@ pub fn to_json(e: &Event) -> Result<Value, ConvertError> {
         out.insert(RESOURCES.to_owned(), Value::from(e.resources.clone()));
     }
     fields::put_string(&mut out, STREAM, &e.stream);
-    for (key, value) in [(VERSION, e.version), (POSITION, e.position), (SEQ, e.origin_seq)] {
+    for (key, value) in [
+        (VERSION, e.version),
+        (POSITION, e.position),
+        (SEQ, e.origin_seq),
+    ] {
         if value != 0 {
             out.insert(key.to_owned(), Value::from(value.to_string()));
         }
@@ -141,7 +148,9 @@ pub fn from_json(v: &Value) -> Result<Event, ConvertError> {
     let m = Members::of(v, "event", "")?;
     let spec_version = m.required_string("specversion")?;
     if spec_version != SPEC_VERSION {
-        return Err(ConvertError::UnsupportedSpecVersion(spec_version.to_owned()));
+        return Err(ConvertError::UnsupportedSpecVersion(
+            spec_version.to_owned(),
+        ));
     }
     if m.get("data_base64").is_some() {
         return Err(ConvertError::BinaryDataUnsupported);
@@ -231,7 +240,10 @@ pub(crate) fn extension_to_json(name: &str, value: &str) -> Result<Value, Conver
 }
 
 /// A JSON attribute as an [`Event::extensions`] value; `None` for `null`, which means unset.
-pub(crate) fn extension_from_json(name: &str, value: &Value) -> Result<Option<String>, ConvertError> {
+pub(crate) fn extension_from_json(
+    name: &str,
+    value: &Value,
+) -> Result<Option<String>, ConvertError> {
     check_extension_name(name)?;
     Ok((!value.is_null()).then(|| value.to_string()))
 }
@@ -245,14 +257,14 @@ pub(crate) fn check_content_type(content_type: &str) -> Result<(), ConvertError>
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let is_json = media_type
-        .split_once('/')
-        .is_some_and(|(kind, subtype)| {
-            !kind.is_empty() && (subtype == "json" || subtype.len() > 5 && subtype.ends_with("+json"))
-        });
+    let is_json = media_type.split_once('/').is_some_and(|(kind, subtype)| {
+        !kind.is_empty() && (subtype == "json" || (subtype.len() > 5 && subtype.ends_with("+json")))
+    });
     if is_json {
         Ok(())
     } else {
-        Err(ConvertError::UnsupportedContentType(content_type.to_owned()))
+        Err(ConvertError::UnsupportedContentType(
+            content_type.to_owned(),
+        ))
     }
 }

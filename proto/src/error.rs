@@ -58,7 +58,9 @@ pub enum ConvertError {
     #[error("unsupported CloudEvents specversion `{0}` (only `1.0` is supported)")]
     UnsupportedSpecVersion(String),
     /// A CloudEvent carrying binary data (`data_base64`): an event's detail must be JSON.
-    #[error("CloudEvents binary data (`data_base64`) is not supported: the event detail must be JSON")]
+    #[error(
+        "CloudEvents binary data (`data_base64`) is not supported: the event detail must be JSON"
+    )]
     BinaryDataUnsupported,
     /// An extension attribute name that breaks the CloudEvents naming rules or collides with an
     /// attribute the conversion maps itself.

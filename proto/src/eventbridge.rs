@@ -84,7 +84,10 @@ pub fn to_json(e: &Event) -> Result<Value, ConvertError> {
     let mut out = Map::new();
     out.insert("version".to_owned(), Value::from("0"));
     out.insert("id".to_owned(), Value::from(e.id.as_str()));
-    out.insert("detail-type".to_owned(), Value::from(e.detail_type.as_str()));
+    out.insert(
+        "detail-type".to_owned(),
+        Value::from(e.detail_type.as_str()),
+    );
     out.insert("source".to_owned(), Value::from(e.source.as_str()));
     out.insert("account".to_owned(), Value::from(e.account.as_str()));
     out.insert("time".to_owned(), Value::from(fields::event_time(e)?));
@@ -109,7 +112,10 @@ pub fn from_json(v: &Value) -> Result<Event, ConvertError> {
     let m = Members::of(v, "event", "")?;
     let detail = match m.get("detail") {
         None => "{}".to_owned(),
-        Some(detail) => fields::require_object(detail.clone(), "detail")?.to_string(),
+        Some(detail) => {
+            fields::require_object(detail, "detail")?;
+            detail.to_string()
+        }
     };
     let (time_seconds, time_nanos) = m.time("time")?;
     let mut e = Event {
@@ -220,7 +226,8 @@ pub fn entry_to_event(v: &Value) -> Result<Event, ConvertError> {
     let resources = m.strings("Resources")?;
     let time = entry_time(&m)?;
     check_entry_size(source, detail_type, detail, &resources, time.is_some())?;
-    let detail = fields::require_object(fields::parse_json(detail, "Detail")?, "Detail")?;
+    let detail = fields::parse_json(detail, "Detail")?;
+    fields::require_object(&detail, "Detail")?;
     let (time_seconds, time_nanos) = time.unwrap_or_default();
     Ok(Event {
         source: source.to_owned(),

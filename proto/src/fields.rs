@@ -138,10 +138,10 @@ pub(crate) fn parse_json(text: &str, field: &str) -> Result<Value, ConvertError>
     })
 }
 
-/// `value`, which must be a JSON object.
-pub(crate) fn require_object(value: Value, field: &str) -> Result<Value, ConvertError> {
+/// Fails unless `value` is a JSON object.
+pub(crate) fn require_object(value: &Value, field: &str) -> Result<(), ConvertError> {
     if value.is_object() {
-        Ok(value)
+        Ok(())
     } else {
         Err(wrong_type(field, "a JSON object"))
     }
@@ -152,7 +152,9 @@ pub(crate) fn detail_object(e: &Event) -> Result<Value, ConvertError> {
     if e.detail.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    require_object(parse_json(&e.detail, "detail")?, "detail")
+    let detail = parse_json(&e.detail, "detail")?;
+    require_object(&detail, "detail")?;
+    Ok(detail)
 }
 
 /// Whether the event has a time (anything but the epoch itself, which stands for "unset").

@@ -88,24 +88,31 @@ pub fn parse_epoch_seconds(text: &str) -> Result<(i64, u32), TimeError> {
     let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
         Some((mantissa, exponent)) => (
             mantissa,
-            exponent
-                .parse::<i32>()
-                .map_err(|_| TimeError::NotANumber)?,
+            exponent.parse::<i32>().map_err(|_| TimeError::NotANumber)?,
         ),
         None => (unsigned, 0),
     };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((_, "")) => return Err(TimeError::NotANumber),
+        Some(parts) => parts,
+        None => (mantissa, ""),
+    };
     let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if whole.is_empty() || !is_digits(whole) || !is_digits(fraction) {
         return Err(TimeError::NotANumber);
     }
 
-    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).map(|b| b - b'0').collect();
+    let digits: Vec<u8> = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .map(|b| b - b'0')
+        .collect();
     if digits.iter().all(|&d| d == 0) {
         return Ok((0, 0));
     }
     // The decimal point sits before `digits[point]`; places outside `digits` hold zeros.
-    let point = i64::try_from(whole.len()).map_err(|_| TimeError::OutOfRange)? + i64::from(exponent);
+    let point =
+        i64::try_from(whole.len()).map_err(|_| TimeError::OutOfRange)? + i64::from(exponent);
     let digit_at = |place: i64| {
         usize::try_from(place)
             .ok()
@@ -122,7 +129,9 @@ pub fn parse_epoch_seconds(text: &str) -> Result<(i64, u32), TimeError> {
             .and_then(|s| s.checked_add(i64::from(digit_at(place))))
             .ok_or(TimeError::OutOfRange)?;
     }
-    let nanos = (point..point + 9).fold(0_u32, |nanos, place| nanos * 10 + u32::from(digit_at(place)));
+    let nanos = (point..point + 9).fold(0_u32, |nanos, place| {
+        nanos * 10 + u32::from(digit_at(place))
+    });
 
     let (seconds, nanos) = match (negative, nanos) {
         (false, _) => (seconds, nanos),

@@ -199,11 +199,16 @@ impl Committer {
         let mut sids: HashMap<String, u64> = HashMap::new();
         let sh = self.sh.clone();
         let mut found = Vec::new();
-        read::scan_log(&sh, from, |_, payload, pos| {
+        let scanned = read::scan_log(&sh, from, |_, payload, pos| {
             let e = read::decode_event(pos, payload)?;
             found.push((e.stream, e.id, pos, e.version));
             Ok(true)
-        })?;
+        });
+        // A damaged record behind the verified tail must not stop the log from opening: the
+        // window then covers what could be read, and reads of the damage report its position.
+        if let Err(e) = scanned {
+            tracing::warn!(error = %e, "idempotency window only partly rebuilt");
+        }
         for (stream, id, pos, version) in found {
             let sid = match sids.get(&stream) {
                 Some(s) => *s,

@@ -50,17 +50,49 @@ pub(crate) struct Opened {
     pub(crate) report: OpenReport,
 }
 
-fn sled_open(cfg: &LogConfig) -> std::result::Result<sled::Db, String> {
+/// Why sled would not open a directory.
+enum OpenFailure {
+    /// The directory's contents are damaged beyond the engine's own recovery.
+    Damaged(String),
+    /// Anything else (permissions, a full disk, another process holding the lock): not the
+    /// data's fault, so the data is left alone.
+    Other(sled::Error),
+}
+
+fn sled_open(cfg: &LogConfig) -> std::result::Result<sled::Db, OpenFailure> {
     let conf = sled::Config::new()
         .path(&cfg.dir)
         .cache_capacity(cfg.cache_capacity_bytes)
         .segment_size(SEGMENT_SIZE)
         .flush_every_ms(None);
-    // A damaged database must never take the process down: treat a panic as corruption.
+    // A damaged database must never take the process down: treat a panic as damage.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || conf.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the storage engine panicked while opening".into()),
+        Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
+            Err(OpenFailure::Damaged(e.to_string()))
+        }
+        Ok(Err(sled::Error::Unsupported(m))) => Err(OpenFailure::Damaged(m)),
+        Ok(Err(e)) => Err(OpenFailure::Other(e)),
+        Err(_) => Err(OpenFailure::Damaged(
+            "the storage engine panicked while opening".into(),
+        )),
+    }
+}
+
+/// Opens sled, waiting briefly for a previous instance in this process to release its lock.
+fn sled_open_retrying(cfg: &LogConfig) -> std::result::Result<sled::Db, OpenFailure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled_open(cfg) {
+            // sled's I/O threads may hold a closed instance's file lock for a moment.
+            Err(OpenFailure::Other(sled::Error::Io(e)))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -75,13 +107,12 @@ pub(crate) fn open(cfg: &LogConfig) -> Result<Opened> {
     let dir = &cfg.dir;
     std::fs::create_dir_all(dir).map_err(data_dir_err(dir))?;
     let mut report = OpenReport::default();
-    let db = match sled_open(cfg) {
+    let db = match sled_open_retrying(cfg) {
         Ok(db) => db,
-        Err(reason) => {
-            // Is it the directory (permissions, disk) rather than its contents?
-            let probe = dir.join(".outrider-probe");
-            std::fs::write(&probe, b"").map_err(data_dir_err(dir))?;
-            let _ = std::fs::remove_file(&probe);
+        Err(OpenFailure::Other(e)) => {
+            return Err(Error::Storage(format!("cannot open {}: {e}", dir.display())))
+        }
+        Err(OpenFailure::Damaged(reason)) => {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -91,7 +122,10 @@ pub(crate) fn open(cfg: &LogConfig) -> Result<Opened> {
             std::fs::rename(dir, &aside).map_err(data_dir_err(dir))?;
             std::fs::create_dir_all(dir).map_err(data_dir_err(dir))?;
             report.quarantined_dir = Some(aside);
-            sled_open(cfg).map_err(Error::Storage)?
+            sled_open(cfg).map_err(|f| match f {
+                OpenFailure::Damaged(m) => Error::Storage(m),
+                OpenFailure::Other(e) => Error::from(e),
+            })?
         }
     };
     let db_file = std::fs::File::open(dir.join("db")).map_err(data_dir_err(dir))?;
