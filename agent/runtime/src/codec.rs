@@ -256,7 +256,8 @@ impl<'a> Iterator for RecordIter<'a> {
         let pos = self.next_pos;
         let b = self.bytes;
         let at = self.at;
-        let (Some(len), Some(crc), Some(&class)) = (le_u32(b, at), le_u32(b, at + 4), b.get(at + 8))
+        let (Some(len), Some(crc), Some(&class)) =
+            (le_u32(b, at), le_u32(b, at + 4), b.get(at + 8))
         else {
             self.failed = true;
             return Some(Err(corrupt(pos, "torn event header")));
@@ -468,7 +469,10 @@ mod tests {
         let torn = &bytes[..bytes.len() - 3];
         let (_, it) = RecordIter::new(7, torn).unwrap();
         let res: Vec<_> = it.collect();
-        assert!(matches!(res.last(), Some(Err(Error::Corrupt { position: 9, .. }))));
+        assert!(matches!(
+            res.last(),
+            Some(Err(Error::Corrupt { position: 9, .. }))
+        ));
 
         let mut hdr = bytes.clone();
         hdr[3] ^= 1;

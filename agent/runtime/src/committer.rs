@@ -137,7 +137,12 @@ impl Group {
         }
         let commit_ms = self.commit_ms;
         let (_, w, entries, mask) = self.record.get_or_insert_with(|| {
-            (pos, RecordWriter::new(commit_ms), [ClassEntry::default(); 32], 0)
+            (
+                pos,
+                RecordWriter::new(commit_ms),
+                [ClassEntry::default(); 32],
+                0,
+            )
         });
         w.push(class, payload);
         let e = &mut entries[usize::from(class)];
@@ -305,7 +310,10 @@ impl Committer {
         g.finish_record();
         let chunks = std::mem::take(&mut g.chunks);
         for (sid, (first, positions)) in chunks {
-            g.insert(codec::chunk_key(sid, first), codec::encode_chunk(&positions));
+            g.insert(
+                codec::chunk_key(sid, first),
+                codec::encode_chunk(&positions),
+            );
         }
         let mut result = Ok(());
         if g.writes > 0 {
@@ -378,9 +386,10 @@ impl Committer {
         let Some(sid) = self.sh.db.get(codec::stream_key(name))? else {
             return Ok(None);
         };
-        let sid = codec::be_u64(&sid).ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
-        let next_version = read::last_chunk(&self.sh, sid)?
-            .map_or(0, |(first, ps)| first + ps.len() as u64);
+        let sid = codec::be_u64(&sid)
+            .ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
+        let next_version =
+            read::last_chunk(&self.sh, sid)?.map_or(0, |(first, ps)| first + ps.len() as u64);
         let st = StreamSt { sid, next_version };
         self.cache_stream(name, st);
         Ok(Some(st))
@@ -394,7 +403,13 @@ impl Committer {
     }
 
     /// The original (position, version) of `id` in stream `sid`, if the window remembers it.
-    fn lookup_dup(&self, g: &Group, sid: u64, stream: &str, id: &str) -> Result<Option<(u64, u64)>> {
+    fn lookup_dup(
+        &self,
+        g: &Group,
+        sid: u64,
+        stream: &str,
+        id: &str,
+    ) -> Result<Option<(u64, u64)>> {
         let h = self.hasher.hash_one((sid, id));
         let Some(&(pos, version)) = self.dedupe.map.get(&h) else {
             return Ok(None);
@@ -500,6 +515,7 @@ impl Committer {
             None => {
                 let sid = self.next_sid;
                 self.next_sid += 1;
+                self.sh.streams.store(self.next_sid, Ordering::Release);
                 g.insert(codec::stream_key(stream), sid.to_be_bytes());
                 g.insert(codec::META_NEXT_SID, self.next_sid.to_be_bytes());
                 StreamSt {
@@ -680,7 +696,8 @@ impl Committer {
             let mut ob = self.sh.outbox.lock();
             for (meta, rt) in self.sh.classes.iter().zip(ob.classes.iter_mut()) {
                 if let Some(ttl) = meta.cfg.ttl {
-                    let cutoff = now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+                    let cutoff =
+                        now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
                     let mut state = rt.state;
                     for entry in entries_from(&self.sh, meta.id, rt.release_point()) {
                         let (_, e) = entry?;

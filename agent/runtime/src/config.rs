@@ -136,7 +136,10 @@ impl LogConfig {
                 return bad(format!("outbox.classes[{i}].name: must be 1..=64 bytes"));
             }
             if self.classes[..i].iter().any(|o| o.name == c.name) {
-                return bad(format!("outbox.classes[{i}].name: duplicate class {:?}", c.name));
+                return bad(format!(
+                    "outbox.classes[{i}].name: duplicate class {:?}",
+                    c.name
+                ));
             }
             if c.max_bytes == 0 || c.max_events == 0 {
                 return bad(format!("outbox.classes[{i}]: caps must be positive"));
@@ -150,10 +153,14 @@ impl LogConfig {
         }
         for (i, d) in self.destinations.iter().enumerate() {
             if d.is_empty() || d.len() > 128 || d.contains('\0') {
-                return bad(format!("outbox.destinations[{i}]: must be 1..=128 bytes, no NUL"));
+                return bad(format!(
+                    "outbox.destinations[{i}]: must be 1..=128 bytes, no NUL"
+                ));
             }
             if self.destinations[..i].contains(d) {
-                return bad(format!("outbox.destinations[{i}]: duplicate destination {d:?}"));
+                return bad(format!(
+                    "outbox.destinations[{i}]: duplicate destination {d:?}"
+                ));
             }
         }
         if self.max_event_bytes == 0 || self.max_event_bytes > 4 * MAX_EVENT_BYTES {

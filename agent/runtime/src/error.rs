@@ -6,6 +6,7 @@ use crate::ExpectedVersion;
 
 /// Everything that can go wrong in the event log and outbox.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The stream's current version did not match the append's expectation.
     #[error("wrong expected version on stream {stream:?}: expected {expected}, actual {}", fmt_version(*actual))]
@@ -17,7 +18,11 @@ pub enum Error {
     },
     /// An encoded event is over the configured limit.
     #[error("event {id:?} is {size} bytes, over the limit of {limit} bytes")]
-    EventTooLarge { id: String, size: usize, limit: usize },
+    EventTooLarge {
+        id: String,
+        size: usize,
+        limit: usize,
+    },
     /// The stream name is empty, too long or has forbidden characters.
     #[error("invalid stream name {name:?}: {reason}")]
     InvalidStreamName { name: String, reason: &'static str },
@@ -41,7 +46,9 @@ pub enum Error {
     #[error("event id {id:?} appears twice in one append")]
     DuplicateIdInRequest { id: String },
     /// Some, but not all, events of an append are already in the stream: not a clean retry.
-    #[error("event {id:?} is already in stream {stream:?} but other events of the same append are not")]
+    #[error(
+        "event {id:?} is already in stream {stream:?} but other events of the same append are not"
+    )]
     PartialDuplicate { stream: String, id: String },
     /// The priority class is not configured.
     #[error("unknown priority class {0:?}")]
@@ -80,9 +87,9 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
-    /// A blocking call was made from inside an async runtime.
-    #[error("blocking log call made from an async context; use the *_async method")]
-    BlockingInAsync,
+    /// An offline inspection was asked to look at a directory that holds no log.
+    #[error("{0} does not exist")]
+    NoSuchLog(PathBuf),
 }
 
 fn fmt_version(v: Option<u64>) -> String {

@@ -23,9 +23,9 @@ pub struct InspectReport {
     /// Stream name → (events retained, last version).
     pub streams: BTreeMap<String, StreamSummary>,
     pub classes: Vec<ClassSummary>,
-    /// Records that failed their checksums (the open also cuts the log there).
+    /// (position, reason) of every record that failed its checksums. Inspection repairs nothing:
+    /// the agent's next open cuts the log back to before the first of them.
     pub corrupt: Vec<(u64, String)>,
-    pub truncated_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -60,25 +60,26 @@ impl From<ClassStatus> for ClassSummary {
 }
 
 /// Opens the log in `dir` (which must not be open elsewhere) with a full checksum pass and
-/// summarises it. `cfg` supplies classes and destinations, so cursors can be shown by name;
+/// summarises it. Inspection only reports: it cuts nothing and moves nothing. `cfg` supplies classes and destinations, so cursors can be shown by name;
 /// `None` inspects with defaults.
 pub fn inspect(dir: &Path, cfg: Option<LogConfig>) -> Result<InspectReport> {
     let mut cfg = cfg.unwrap_or_else(|| LogConfig::new(dir));
     cfg.dir = dir.to_path_buf();
     cfg.verify_on_open = VerifyOnOpen::Full;
-    let (log, open) = Log::open(cfg)?;
+    // The full scan below lists every damaged record itself, so the open's report is not needed.
+    let (log, _report) = Log::open_mode(
+        cfg,
+        std::sync::Arc::new(crate::SystemClock),
+        crate::recover::Mode::ReportOnly,
+    )?;
     let sh = log.shared();
     let mut r = InspectReport {
         log_id: log.log_id().to_string(),
         head: log.head(),
         start: log.start(),
         size_on_disk: sh.db.size_on_disk()?,
-        truncated_from: open.truncated_from,
         ..Default::default()
     };
-    if let Some(c) = open.corrupt {
-        r.corrupt.push((c.position, c.reason));
-    }
     for kv in sh.db.scan_prefix([codec::LOG]) {
         let (k, v) = kv?;
         let first = codec::be_u64(&k[1..]).unwrap_or(0);
@@ -86,12 +87,14 @@ pub fn inspect(dir: &Path, cfg: Option<LogConfig>) -> Result<InspectReport> {
         let (_, it) = match RecordIter::new(first, &v) {
             Ok(x) => x,
             Err(e) => {
-                r.corrupt.push((first, e.to_string()));
+                r.corrupt.push(located(first, e));
                 continue;
             }
         };
         for raw in it {
-            match raw.and_then(|raw| Ok((raw.payload.len(), decode_event(raw.position, raw.payload)?))) {
+            match raw
+                .and_then(|raw| Ok((raw.payload.len(), decode_event(raw.position, raw.payload)?)))
+            {
                 Ok((len, e)) => {
                     r.events += 1;
                     r.event_bytes += len as u64;
@@ -100,7 +103,7 @@ pub fn inspect(dir: &Path, cfg: Option<LogConfig>) -> Result<InspectReport> {
                     s.last_version = s.last_version.max(e.version);
                 }
                 Err(e) => {
-                    r.corrupt.push((first, e.to_string()));
+                    r.corrupt.push(located(first, e));
                     break;
                 }
             }
@@ -109,4 +112,12 @@ pub fn inspect(dir: &Path, cfg: Option<LogConfig>) -> Result<InspectReport> {
     r.classes = log.outbox_status().into_iter().map(Into::into).collect();
     log.close()?;
     Ok(r)
+}
+
+/// (position, reason) of a read error, at the event it names.
+fn located(record_first: u64, e: crate::Error) -> (u64, String) {
+    match e {
+        crate::Error::Corrupt { position, reason } => (position, reason),
+        other => (record_first, other.to_string()),
+    }
 }

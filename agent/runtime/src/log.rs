@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) durable: AtomicU64,
     /// The first retained position (earlier ones were reclaimed).
     pub(crate) start: AtomicU64,
+    /// Streams ever created in this log.
+    pub(crate) streams: AtomicU64,
     pub(crate) head_tx: tokio::sync::watch::Sender<u64>,
     pub(crate) head_lock: Mutex<()>,
     pub(crate) head_cv: Condvar,
@@ -72,7 +74,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn class_index(&self, name: Option<&str>) -> Result<usize> {
-        let name = name.filter(|n| !n.is_empty()).unwrap_or(&self.cfg.default_class);
+        let name = name
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.cfg.default_class);
         self.classes
             .iter()
             .position(|c| c.cfg.name == name)
@@ -158,7 +162,11 @@ impl Inner {
         if let Some(handle) = handle {
             let (reply, rx) = flume::bounded(1);
             let sent = self.tx.send(Request::Close { reply }).is_ok();
-            let res = if sent { rx.recv().unwrap_or(Ok(())) } else { Ok(()) };
+            let res = if sent {
+                rx.recv().unwrap_or(Ok(()))
+            } else {
+                Ok(())
+            };
             let _ = handle.join();
             return res;
         }
@@ -198,8 +206,16 @@ impl Log {
 
     /// [`Log::open`] with an injected clock.
     pub fn open_with_clock(cfg: LogConfig, clock: Arc<dyn Clock>) -> Result<(Log, OpenReport)> {
+        Self::open_mode(cfg, clock, recover::Mode::Repair)
+    }
+
+    pub(crate) fn open_mode(
+        cfg: LogConfig,
+        clock: Arc<dyn Clock>,
+        mode: recover::Mode,
+    ) -> Result<(Log, OpenReport)> {
         cfg.validate()?;
-        let opened = recover::open(&cfg)?;
+        let opened = recover::open(&cfg, mode)?;
         let (head_tx, _) = tokio::sync::watch::channel(opened.head);
         let shared = Arc::new(Shared {
             db: opened.db,
@@ -207,6 +223,7 @@ impl Log {
             head: AtomicU64::new(opened.head),
             durable: AtomicU64::new(opened.head),
             start: AtomicU64::new(opened.start),
+            streams: AtomicU64::new(opened.next_sid),
             head_tx,
             head_lock: Mutex::new(()),
             head_cv: Condvar::new(),
@@ -268,6 +285,11 @@ impl Log {
         self.inner.shared.start.load(Ordering::Acquire)
     }
 
+    /// How many streams were ever created in this log.
+    pub fn stream_count(&self) -> u64 {
+        self.inner.shared.streams.load(Ordering::Acquire)
+    }
+
     /// The log's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.shared.metrics
@@ -283,12 +305,7 @@ impl Log {
             .collect()
     }
 
-    fn prepare_append(
-        &self,
-        stream: &str,
-        events: &[Event],
-        class: Option<&str>,
-    ) -> Result<usize> {
+    fn prepare_append(&self, stream: &str, events: &[Event], class: Option<&str>) -> Result<usize> {
         validate_stream_name(stream)?;
         if events.is_empty() {
             return Err(Error::EmptyAppend);
@@ -394,7 +411,10 @@ impl Log {
     /// Acknowledges delivery to `dest` of every `class` event at or below `through`.
     /// Idempotent; acknowledging below the current cursor is a no-op.
     pub fn ack(&self, dest: &str, class: &str, through: u64) -> Result<()> {
-        let (d, c) = (self.inner.shared.dest_index(dest)?, self.inner.shared.class_index(Some(class))?);
+        let (d, c) = (
+            self.inner.shared.dest_index(dest)?,
+            self.inner.shared.class_index(Some(class))?,
+        );
         self.call(|reply| Request::Ack {
             dest: d,
             class: c,
@@ -405,7 +425,10 @@ impl Log {
 
     /// [`Log::ack`] for async callers.
     pub async fn ack_async(&self, dest: &str, class: &str, through: u64) -> Result<()> {
-        let (d, c) = (self.inner.shared.dest_index(dest)?, self.inner.shared.class_index(Some(class))?);
+        let (d, c) = (
+            self.inner.shared.dest_index(dest)?,
+            self.inner.shared.class_index(Some(class))?,
+        );
         self.call_async(|reply| Request::Ack {
             dest: d,
             class: c,
@@ -466,8 +489,10 @@ impl Log {
                 return Ok(());
             }
         }
-        sh.db
-            .insert(codec::snapshot_key(sid), codec::encode_snapshot(version, payload))?;
+        sh.db.insert(
+            codec::snapshot_key(sid),
+            codec::encode_snapshot(version, payload),
+        )?;
         Ok(())
     }
 

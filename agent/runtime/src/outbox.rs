@@ -208,7 +208,10 @@ impl Log {
                 if raw.position < from || raw.class != id {
                     continue;
                 }
-                if raw.position >= limit || out.len() >= max_events || (bytes >= max_bytes && !out.is_empty()) {
+                if raw.position >= limit
+                    || out.len() >= max_events
+                    || (bytes >= max_bytes && !out.is_empty())
+                {
                     break 'entries;
                 }
                 bytes += raw.payload.len();

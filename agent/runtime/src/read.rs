@@ -40,7 +40,8 @@ pub(crate) fn stream_info(sh: &Shared, name: &str) -> Result<Option<(u64, u64)>>
     let Some(sid) = sh.db.get(codec::stream_key(name))? else {
         return Ok(None);
     };
-    let sid = codec::be_u64(&sid).ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
+    let sid =
+        codec::be_u64(&sid).ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
     Ok(last_chunk(sh, sid)?.map(|(first, positions)| (sid, first + positions.len() as u64)))
 }
 
@@ -180,7 +181,10 @@ pub(crate) fn read_stream(
                         }
                     }
                 }
-                out.end = out.events.last().map_or(true, |e| e.version + 1 >= next_version)
+                out.end = out
+                    .events
+                    .last()
+                    .is_none_or(|e| e.version + 1 >= next_version)
                     || from >= next_version;
             }
             Direction::Backwards => {
@@ -210,7 +214,7 @@ pub(crate) fn read_stream(
                         }
                     }
                 }
-                out.end = out.events.last().map_or(true, |e| e.version == 0);
+                out.end = out.events.last().is_none_or(|e| e.version == 0);
             }
         }
         Ok(out)

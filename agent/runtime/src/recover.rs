@@ -39,6 +39,15 @@ pub struct OpenReport {
     pub start: u64,
 }
 
+/// Whether opening may change the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Cut a damaged log back to its intact prefix; move an unopenable directory aside.
+    Repair,
+    /// Only report: for offline inspection. The directory must exist; nothing is cut or moved.
+    ReportOnly,
+}
+
 pub(crate) struct Opened {
     pub(crate) db: sled::Db,
     pub(crate) db_file: std::fs::File,
@@ -103,14 +112,26 @@ fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-pub(crate) fn open(cfg: &LogConfig) -> Result<Opened> {
+pub(crate) fn open(cfg: &LogConfig, mode: Mode) -> Result<Opened> {
     let dir = &cfg.dir;
+    if mode == Mode::ReportOnly && !dir.join("db").exists() {
+        return Err(Error::NoSuchLog(dir.clone()));
+    }
     std::fs::create_dir_all(dir).map_err(data_dir_err(dir))?;
     let mut report = OpenReport::default();
     let db = match sled_open_retrying(cfg) {
         Ok(db) => db,
         Err(OpenFailure::Other(e)) => {
-            return Err(Error::Storage(format!("cannot open {}: {e}", dir.display())))
+            return Err(Error::Storage(format!(
+                "cannot open {}: {e}",
+                dir.display()
+            )))
+        }
+        Err(OpenFailure::Damaged(reason)) if mode == Mode::ReportOnly => {
+            return Err(Error::Storage(format!(
+                "the storage engine cannot open {}: {reason}",
+                dir.display()
+            )))
         }
         Err(OpenFailure::Damaged(reason)) => {
             let secs = std::time::SystemTime::now()
@@ -144,7 +165,7 @@ pub(crate) fn open(cfg: &LogConfig) -> Result<Opened> {
         .unwrap_or(0);
     let classes = class_ids(&db, cfg)?;
 
-    verify(&db, cfg, &mut report)?;
+    verify(&db, cfg, mode, &mut report)?;
 
     let reclaimed = db
         .get(codec::META_RECLAIMED)?
@@ -154,7 +175,8 @@ pub(crate) fn open(cfg: &LogConfig) -> Result<Opened> {
         Some(kv) => {
             let (k, v) = kv?;
             let first = codec::be_u64(&k[1..]).unwrap_or(0);
-            first + u64::from(codec::record_header(first, &v)?.count)
+            // (Only a report-only open can still see a damaged last record here.)
+            first + codec::record_header(first, &v).map_or(0, |h| u64::from(h.count))
         }
         None => reclaimed,
     };
@@ -210,7 +232,20 @@ fn class_ids(db: &sled::Db, cfg: &LogConfig) -> Result<Vec<ClassMeta>> {
 }
 
 /// Checks records (the tail or all) and cuts the log at the first bad one.
-fn verify(db: &sled::Db, cfg: &LogConfig, report: &mut OpenReport) -> Result<()> {
+fn verify(db: &sled::Db, cfg: &LogConfig, mode: Mode, report: &mut OpenReport) -> Result<()> {
+    let cut = |db: &sled::Db,
+               at: u64,
+               record_first: u64,
+               intact: Vec<(u8, Vec<u8>)>,
+               commit_ms: i64,
+               bad: CorruptRecord,
+               report: &mut OpenReport| {
+        if mode == Mode::ReportOnly {
+            report.corrupt = Some(bad);
+            return Ok(());
+        }
+        truncate(db, at, record_first, intact, commit_ms, bad, report)
+    };
     let first_key = match cfg.verify_on_open {
         VerifyOnOpen::Full => None,
         VerifyOnOpen::Tail => db
@@ -233,14 +268,14 @@ fn verify(db: &sled::Db, cfg: &LogConfig, report: &mut OpenReport) -> Result<()>
                     position: exp.min(first),
                     reason: format!("gap in the log: expected a record at {exp}, found {first}"),
                 };
-                return truncate(db, exp.min(first), first, Vec::new(), 0, bad, report);
+                return cut(db, exp.min(first), first, Vec::new(), 0, bad, report);
             }
         }
         let (h, it) = match RecordIter::new(first, &v) {
             Ok(x) => x,
             Err(e) => {
                 let bad = corrupt_of(first, e);
-                return truncate(db, first, first, Vec::new(), 0, bad, report);
+                return cut(db, first, first, Vec::new(), 0, bad, report);
             }
         };
         let mut intact = Vec::new();
@@ -249,8 +284,8 @@ fn verify(db: &sled::Db, cfg: &LogConfig, report: &mut OpenReport) -> Result<()>
                 Ok(raw) => intact.push((raw.class, raw.payload.to_vec())),
                 Err(e) => {
                     let bad = corrupt_of(first, e);
-                    let cut = bad.position;
-                    return truncate(db, cut, first, intact, h.commit_ms, bad, report);
+                    let at = bad.position;
+                    return cut(db, at, first, intact, h.commit_ms, bad, report);
                 }
             }
         }
@@ -313,7 +348,10 @@ fn truncate(
         for (class, e) in entries.iter_mut().enumerate() {
             if e.count > 0 {
                 e.end = end;
-                batch.insert(&codec::class_entry_key(class as u8, record_first), &e.encode()[..]);
+                batch.insert(
+                    &codec::class_entry_key(class as u8, record_first),
+                    &e.encode()[..],
+                );
             }
         }
     }

@@ -66,7 +66,10 @@ mod tests {
         assert!(validate_stream_name("orders-1").is_ok());
         assert!(matches!(
             validate_stream_name(""),
-            Err(Error::InvalidStreamName { reason: "empty", .. })
+            Err(Error::InvalidStreamName {
+                reason: "empty",
+                ..
+            })
         ));
         assert!(validate_stream_name(&"x".repeat(513)).is_err());
         assert!(validate_stream_name("a\nb").is_err());
@@ -79,6 +82,9 @@ mod tests {
             detail: "{not json".into(),
             ..Default::default()
         };
-        assert!(matches!(validate_event(&e), Err(Error::InvalidDetail { .. })));
+        assert!(matches!(
+            validate_event(&e),
+            Err(Error::InvalidDetail { .. })
+        ));
     }
 }

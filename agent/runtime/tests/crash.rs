@@ -95,11 +95,19 @@ fn kill_nine_loses_no_acknowledged_append() {
     }
 
     let (log, report) = Log::open(LogConfig::new(dir.path())).unwrap();
-    assert_eq!(report.corrupt, None, "a kill left a corrupt record: {report:?}");
+    assert_eq!(
+        report.corrupt, None,
+        "a kill left a corrupt record: {report:?}"
+    );
     // Every acknowledged append is there, at its position, with its content.
     for (&(w, i), &(n, pos)) in &acked {
         let page = log
-            .read_stream(&format!("w{w}"), StreamFrom::Version(i), Direction::Forwards, n as usize)
+            .read_stream(
+                &format!("w{w}"),
+                StreamFrom::Version(i),
+                Direction::Forwards,
+                n as usize,
+            )
             .unwrap();
         assert_eq!(page.events.len() as u64, n, "writer {w} append at {i} lost");
         for (k, e) in page.events.iter().enumerate() {

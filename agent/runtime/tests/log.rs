@@ -15,7 +15,12 @@ fn expected_version_semantics() {
     let log = open(dir.path());
     // NoStream on a new stream works; versions start at 0; positions are global.
     let r = log
-        .append("a", EV::NoStream, vec![ev("1", json!({})), ev("2", json!({}))], None)
+        .append(
+            "a",
+            EV::NoStream,
+            vec![ev("1", json!({})), ev("2", json!({}))],
+            None,
+        )
         .unwrap();
     assert_eq!(r.versions, vec![0, 1]);
     assert_eq!(r.positions, vec![0, 1]);
@@ -31,13 +36,20 @@ fn expected_version_semantics() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     // Exact: right version succeeds, stale version conflicts.
-    let r = log.append("a", EV::Exact(1), vec![ev("5", json!({}))], None).unwrap();
+    let r = log
+        .append("a", EV::Exact(1), vec![ev("5", json!({}))], None)
+        .unwrap();
     assert_eq!((r.versions[0], r.positions[0]), (2, 2));
     assert!(matches!(
         log.append("a", EV::Exact(1), vec![ev("6", json!({}))], None),
-        Err(Error::WrongExpectedVersion { actual: Some(2), .. })
+        Err(Error::WrongExpectedVersion {
+            actual: Some(2),
+            ..
+        })
     ));
-    let r = log.append("b", EV::Any, vec![ev("7", json!({}))], None).unwrap();
+    let r = log
+        .append("b", EV::Any, vec![ev("7", json!({}))], None)
+        .unwrap();
     assert_eq!((r.versions[0], r.positions[0]), (0, 3));
     assert_eq!(log.stream_version("a").unwrap(), Some(2));
     assert_eq!(log.stream_version("nope").unwrap(), None);
@@ -48,30 +60,50 @@ fn reappending_an_event_id_returns_the_original_positions() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let first = log
-        .append("s", EV::NoStream, vec![ev("x", json!({"n":1})), ev("y", json!({"n":2}))], None)
+        .append(
+            "s",
+            EV::NoStream,
+            vec![ev("x", json!({"n":1})), ev("y", json!({"n":2}))],
+            None,
+        )
         .unwrap();
-    log.append("other", EV::Any, vec![ev("z", json!({}))], None).unwrap();
+    log.append("other", EV::Any, vec![ev("z", json!({}))], None)
+        .unwrap();
     // Retry with the same expectation: idempotent, not a conflict.
     let again = log
-        .append("s", EV::NoStream, vec![ev("x", json!({"n":1})), ev("y", json!({"n":2}))], None)
+        .append(
+            "s",
+            EV::NoStream,
+            vec![ev("x", json!({"n":1})), ev("y", json!({"n":2}))],
+            None,
+        )
         .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.positions, first.positions);
     assert_eq!(again.versions, first.versions);
     assert_eq!(log.head(), 3, "nothing was written by the retry");
     // The same id in another stream is a different event.
-    let other = log.append("t", EV::Any, vec![ev("x", json!({}))], None).unwrap();
+    let other = log
+        .append("t", EV::Any, vec![ev("x", json!({}))], None)
+        .unwrap();
     assert!(!other.duplicate);
     // A mix of old and new ids is not a clean retry.
     assert!(matches!(
-        log.append("s", EV::Any, vec![ev("y", json!({})), ev("new", json!({}))], None),
+        log.append(
+            "s",
+            EV::Any,
+            vec![ev("y", json!({})), ev("new", json!({}))],
+            None
+        ),
         Err(Error::PartialDuplicate { .. })
     ));
     // The idempotency window survives a restart.
     log.close().unwrap();
     drop(log);
     let log = open(dir.path());
-    let again = log.append("s", EV::Any, vec![ev("x", json!({"n":1}))], None).unwrap();
+    let again = log
+        .append("s", EV::Any, vec![ev("x", json!({"n":1}))], None)
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.positions, vec![first.positions[0]]);
 }
@@ -84,10 +116,16 @@ fn exact_retry_beyond_the_window_is_idempotent() {
     let log = open_with(cfg);
     let r = log.append("s", EV::Exact(0), vec![ev("a", json!({}))], None);
     assert!(r.is_err(), "stream does not exist yet");
-    let r = log.append("s", EV::NoStream, vec![ev("a", json!({}))], None).unwrap();
-    let r2 = log.append("s", EV::Exact(0), vec![ev("b", json!({}))], None).unwrap();
+    let r = log
+        .append("s", EV::NoStream, vec![ev("a", json!({}))], None)
+        .unwrap();
+    let r2 = log
+        .append("s", EV::Exact(0), vec![ev("b", json!({}))], None)
+        .unwrap();
     // Retrying the Exact(0) append finds "b" at version 1 even with no window.
-    let again = log.append("s", EV::Exact(0), vec![ev("b", json!({}))], None).unwrap();
+    let again = log
+        .append("s", EV::Exact(0), vec![ev("b", json!({}))], None)
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.positions, r2.positions);
     assert_ne!(again.positions, r.positions);
@@ -99,10 +137,17 @@ fn reads_forwards_backwards_and_all() {
     let log = open(dir.path());
     for i in 0..50 {
         let stream = if i % 2 == 0 { "even" } else { "odd" };
-        log.append(stream, EV::Any, vec![ev(&format!("e{i}"), json!({ "i": i }))], None)
-            .unwrap();
+        log.append(
+            stream,
+            EV::Any,
+            vec![ev(&format!("e{i}"), json!({ "i": i }))],
+            None,
+        )
+        .unwrap();
     }
-    let fw = log.read_stream("even", StreamFrom::Start, Direction::Forwards, 10).unwrap();
+    let fw = log
+        .read_stream("even", StreamFrom::Start, Direction::Forwards, 10)
+        .unwrap();
     assert_eq!(fw.events.len(), 10);
     assert!(!fw.end);
     assert_eq!(fw.events[3].version, 3);
@@ -113,16 +158,28 @@ fn reads_forwards_backwards_and_all() {
         .unwrap();
     assert_eq!(rest.events.len(), 15);
     assert!(rest.end);
-    let bw = log.read_stream("odd", StreamFrom::End, Direction::Backwards, 3).unwrap();
+    let bw = log
+        .read_stream("odd", StreamFrom::End, Direction::Backwards, 3)
+        .unwrap();
     let versions: Vec<u64> = bw.events.iter().map(|e| e.version).collect();
     assert_eq!(versions, vec![24, 23, 22]);
-    let bw = log.read_stream("odd", StreamFrom::Version(1), Direction::Backwards, 10).unwrap();
-    assert_eq!(bw.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 0]);
+    let bw = log
+        .read_stream("odd", StreamFrom::Version(1), Direction::Backwards, 10)
+        .unwrap();
+    assert_eq!(
+        bw.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 0]
+    );
     assert!(bw.end);
     let all = log.read_all(45, 100).unwrap();
-    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![45, 46, 47, 48, 49]);
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![45, 46, 47, 48, 49]
+    );
     assert!(log.read_all(50, 10).unwrap().is_empty());
-    let none = log.read_stream("missing", StreamFrom::Start, Direction::Forwards, 10).unwrap();
+    let none = log
+        .read_stream("missing", StreamFrom::Start, Direction::Forwards, 10)
+        .unwrap();
     assert!(none.events.is_empty() && none.end);
     // Envelope fields are stamped by the log.
     let e = &all[0];
@@ -143,7 +200,10 @@ fn bad_input_gets_a_typed_error_and_writes_nothing() {
     ));
     assert!(matches!(
         log.append("", EV::Any, vec![ev("a", json!({}))], None),
-        Err(Error::InvalidStreamName { reason: "empty", .. })
+        Err(Error::InvalidStreamName {
+            reason: "empty",
+            ..
+        })
     ));
     assert!(matches!(
         log.append(&"s".repeat(600), EV::Any, vec![ev("a", json!({}))], None),
@@ -159,16 +219,29 @@ fn bad_input_gets_a_typed_error_and_writes_nothing() {
         log.append("s", EV::Any, vec![ev("a", json!({}))], Some("platinum")),
         Err(Error::UnknownClass(c)) if c == "platinum"
     ));
-    assert!(matches!(log.append("s", EV::Any, vec![], None), Err(Error::EmptyAppend)));
     assert!(matches!(
-        log.append("s", EV::Any, vec![ev("d", json!({})), ev("d", json!({}))], None),
+        log.append("s", EV::Any, vec![], None),
+        Err(Error::EmptyAppend)
+    ));
+    assert!(matches!(
+        log.append(
+            "s",
+            EV::Any,
+            vec![ev("d", json!({})), ev("d", json!({}))],
+            None
+        ),
         Err(Error::DuplicateIdInRequest { .. })
     ));
     assert_eq!(log.head(), 0, "no rejected append wrote anything");
     assert_eq!(log.stream_version("s").unwrap(), None);
     // An error message names the problem.
     let msg = log
-        .append("s", EV::Any, vec![ev("x", json!({"pad": "y".repeat(270_000)}))], None)
+        .append(
+            "s",
+            EV::Any,
+            vec![ev("x", json!({"pad": "y".repeat(270_000)}))],
+            None,
+        )
         .unwrap_err()
         .to_string();
     assert!(msg.contains("over the limit of 262144 bytes"), "{msg}");
@@ -178,7 +251,13 @@ fn bad_input_gets_a_typed_error_and_writes_nothing() {
 fn events_without_ids_get_one() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    log.append("s", EV::Any, vec![ev("", json!({})), ev("", json!({}))], None).unwrap();
+    log.append(
+        "s",
+        EV::Any,
+        vec![ev("", json!({})), ev("", json!({}))],
+        None,
+    )
+    .unwrap();
     let evs = log.read_all(0, 10).unwrap();
     assert_eq!(evs.len(), 2);
     assert!(!evs[0].id.is_empty());
@@ -190,14 +269,20 @@ fn snapshots_load_as_snapshot_plus_tail() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..10 {
-        log.append("acct", EV::Any, vec![ev(&format!("d{i}"), json!({ "amount": i }))], None)
-            .unwrap();
+        log.append(
+            "acct",
+            EV::Any,
+            vec![ev(&format!("d{i}"), json!({ "amount": i }))],
+            None,
+        )
+        .unwrap();
     }
     let (snap, tail) = log.load("acct").unwrap();
     assert!(snap.is_none());
     assert_eq!(tail.len(), 10);
     let sum: u64 = (0..=6).sum();
-    log.save_snapshot("acct", 6, sum.to_string().as_bytes()).unwrap();
+    log.save_snapshot("acct", 6, sum.to_string().as_bytes())
+        .unwrap();
     // A snapshot beyond the stream's version is refused.
     assert!(log.save_snapshot("acct", 10, b"x").is_err());
     // An older snapshot never replaces a newer one.
@@ -206,7 +291,10 @@ fn snapshots_load_as_snapshot_plus_tail() {
     let snap = snap.unwrap();
     assert_eq!(snap.version, 6);
     assert_eq!(snap.payload, b"21");
-    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), vec![7, 8, 9]);
+    assert_eq!(
+        tail.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
 }
 
 #[test]
@@ -214,8 +302,13 @@ fn subscription_catches_up_then_goes_live_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     for i in 0..100 {
-        log.append("s", EV::Any, vec![ev(&format!("h{i}"), json!({ "i": i }))], None)
-            .unwrap();
+        log.append(
+            "s",
+            EV::Any,
+            vec![ev(&format!("h{i}"), json!({ "i": i }))],
+            None,
+        )
+        .unwrap();
     }
     let mut sub = log.subscribe(10, None);
     // A writer keeps appending while the subscriber catches up.
@@ -223,19 +316,29 @@ fn subscription_catches_up_then_goes_live_without_gap_or_duplicate() {
         let log = log.clone();
         std::thread::spawn(move || {
             for i in 100..400 {
-                log.append("s", EV::Any, vec![ev(&format!("h{i}"), json!({ "i": i }))], None)
-                    .unwrap();
+                log.append(
+                    "s",
+                    EV::Any,
+                    vec![ev(&format!("h{i}"), json!({ "i": i }))],
+                    None,
+                )
+                .unwrap();
             }
         })
     };
     let mut seen = Vec::new();
     let mut caught_up = 0;
     while seen.len() < 390 {
-        let b = sub.next_batch_blocking(37, Duration::from_secs(10)).unwrap();
+        let b = sub
+            .next_batch_blocking(37, Duration::from_secs(10))
+            .unwrap();
         if b.caught_up {
             caught_up += 1;
         }
-        assert!(b.caught_up || !b.events.is_empty(), "timed out waiting for events");
+        assert!(
+            b.caught_up || !b.events.is_empty(),
+            "timed out waiting for events"
+        );
         seen.extend(b.events.into_iter().map(|e| e.position));
     }
     writer.join().unwrap();
@@ -247,22 +350,36 @@ fn subscription_catches_up_then_goes_live_without_gap_or_duplicate() {
 async fn async_subscription_to_one_stream_sees_live_appends() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    log.append_async("a", EV::Any, vec![ev("1", json!({}))], None).await.unwrap();
-    log.append_async("b", EV::Any, vec![ev("2", json!({}))], None).await.unwrap();
+    log.append_async("a", EV::Any, vec![ev("1", json!({}))], None)
+        .await
+        .unwrap();
+    log.append_async("b", EV::Any, vec![ev("2", json!({}))], None)
+        .await
+        .unwrap();
     let mut sub = log.subscribe(0, Some("a".into()));
     let b = sub.next_batch(10).await.unwrap();
-    assert_eq!(b.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["1"]);
+    assert_eq!(
+        b.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["1"]
+    );
     let b = sub.next_batch(10).await.unwrap();
     assert!(b.caught_up && b.events.is_empty());
     let waiter = tokio::spawn(async move { sub.next_batch(10).await });
-    log.append_async("b", EV::Any, vec![ev("3", json!({}))], None).await.unwrap();
-    log.append_async("a", EV::Any, vec![ev("4", json!({}))], None).await.unwrap();
+    log.append_async("b", EV::Any, vec![ev("3", json!({}))], None)
+        .await
+        .unwrap();
+    log.append_async("a", EV::Any, vec![ev("4", json!({}))], None)
+        .await
+        .unwrap();
     let b = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(b.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["4"]);
+    assert_eq!(
+        b.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["4"]
+    );
 }
 
 #[test]
@@ -274,8 +391,13 @@ fn concurrent_writers_to_one_stream_get_dense_versions() {
             let log = log.clone();
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    log.append("shared", EV::Any, vec![ev(&format!("{t}-{i}"), json!({}))], None)
-                        .unwrap();
+                    log.append(
+                        "shared",
+                        EV::Any,
+                        vec![ev(&format!("{t}-{i}"), json!({}))],
+                        None,
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -291,7 +413,12 @@ fn concurrent_writers_to_one_stream_get_dense_versions() {
         assert_eq!(e.version, i as u64);
     }
     assert!(all.events.windows(2).all(|w| w[0].position < w[1].position));
-    assert!(log.metrics().commit_groups.load(std::sync::atomic::Ordering::Relaxed) <= 400);
+    assert!(
+        log.metrics()
+            .commit_groups
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 400
+    );
 }
 
 #[test]
@@ -302,12 +429,16 @@ fn periodic_mode_makes_appends_durable_within_the_interval() {
         interval: Duration::from_millis(20),
     };
     let log = open_with(cfg);
-    log.append("s", EV::Any, vec![ev("a", json!({}))], None).unwrap();
+    log.append("s", EV::Any, vec![ev("a", json!({}))], None)
+        .unwrap();
     assert_eq!(log.head(), 1);
     // The flusher moves the durable head; wait on it with a deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while log.durable_head() < 1 {
-        assert!(std::time::Instant::now() < deadline, "durable head never advanced");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "durable head never advanced"
+        );
         std::thread::yield_now();
     }
     log.flush().unwrap();

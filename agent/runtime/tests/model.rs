@@ -47,7 +47,11 @@ struct Model {
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Ok { positions: Vec<u64>, versions: Vec<u64>, duplicate: bool },
+    Ok {
+        positions: Vec<u64>,
+        versions: Vec<u64>,
+        duplicate: bool,
+    },
     Conflict(Option<u64>),
     Partial,
     DupInRequest,
@@ -74,7 +78,11 @@ impl Model {
             let hits = found.iter().flatten().count();
             if hits == ids.len() {
                 let (positions, versions) = found.into_iter().flatten().unzip();
-                return Outcome::Ok { positions, versions, duplicate: true };
+                return Outcome::Ok {
+                    positions,
+                    versions,
+                    duplicate: true,
+                };
             }
             if hits > 0 {
                 return Outcome::Partial;
@@ -93,14 +101,22 @@ impl Model {
             s.push((id.clone(), p));
             self.all.push((stream.to_string(), id.clone()));
         }
-        Outcome::Ok { positions, versions, duplicate: false }
+        Outcome::Ok {
+            positions,
+            versions,
+            duplicate: false,
+        }
     }
 }
 
 fn run(log: &Log, stream: &str, expected: EV, ids: &[String]) -> Outcome {
     let evs = ids.iter().map(|i| ev(i, json!({ "id": i }))).collect();
     match log.append(stream, expected, evs, None) {
-        Ok(r) => Outcome::Ok { positions: r.positions, versions: r.versions, duplicate: r.duplicate },
+        Ok(r) => Outcome::Ok {
+            positions: r.positions,
+            versions: r.versions,
+            duplicate: r.duplicate,
+        },
         Err(Error::WrongExpectedVersion { actual, .. }) => Outcome::Conflict(actual),
         Err(Error::PartialDuplicate { .. }) => Outcome::Partial,
         Err(Error::DuplicateIdInRequest { .. }) => Outcome::DupInRequest,
@@ -111,18 +127,32 @@ fn run(log: &Log, stream: &str, expected: EV, ids: &[String]) -> Outcome {
 fn check_reads(log: &Log, model: &Model) {
     let all = log.read_all(0, usize::MAX).unwrap();
     let got: Vec<(String, String)> = all.into_iter().map(|e| (e.stream, e.id)).collect();
-    assert_eq!(got, model.all, "head={} start={} durable={}", log.head(), log.start(), log.durable_head());
+    assert_eq!(
+        got,
+        model.all,
+        "head={} start={} durable={}",
+        log.head(),
+        log.start(),
+        log.durable_head()
+    );
     for (name, evs) in &model.streams {
         let page = log
             .read_stream(name, StreamFrom::Start, Direction::Forwards, usize::MAX)
             .unwrap();
-        let got: Vec<(String, u64)> = page.events.into_iter().map(|e| (e.id, e.position)).collect();
+        let got: Vec<(String, u64)> = page
+            .events
+            .into_iter()
+            .map(|e| (e.id, e.position))
+            .collect();
         assert_eq!(&got, evs);
         let back = log
             .read_stream(name, StreamFrom::End, Direction::Backwards, usize::MAX)
             .unwrap();
         assert_eq!(back.events.len(), evs.len());
-        assert_eq!(log.stream_version(name).unwrap(), Some(evs.len() as u64 - 1));
+        assert_eq!(
+            log.stream_version(name).unwrap(),
+            Some(evs.len() as u64 - 1)
+        );
     }
 }
 

@@ -53,31 +53,56 @@ fn destinations_read_by_class_and_acks_advance_durable_cursors() {
     let (log, _) = Log::open(cfg(dir.path())).unwrap();
     let crit = append_n(&log, "critical", 3, "c");
     let norm = append_n(&log, "normal", 4, "n");
-    let got = log.outbox_read("cloud", "normal", None, 100, 1 << 20).unwrap();
+    let got = log
+        .outbox_read("cloud", "normal", None, 100, 1 << 20)
+        .unwrap();
     assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), norm);
-    let got = log.outbox_read("cloud", "critical", None, 2, 1 << 20).unwrap();
-    assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), crit[..2]);
+    let got = log
+        .outbox_read("cloud", "critical", None, 2, 1 << 20)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.position).collect::<Vec<_>>(),
+        crit[..2]
+    );
     // Continue after the last one handed out, without acking.
-    let got = log.outbox_read("cloud", "critical", Some(crit[1]), 10, 1 << 20).unwrap();
-    assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), crit[2..]);
+    let got = log
+        .outbox_read("cloud", "critical", Some(crit[1]), 10, 1 << 20)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.position).collect::<Vec<_>>(),
+        crit[2..]
+    );
 
     log.ack("cloud", "critical", crit[1]).unwrap();
     assert_eq!(log.outbox_cursor("cloud", "critical").unwrap(), crit[1] + 1);
     // Acks are idempotent and never move a cursor back.
     log.ack("cloud", "critical", crit[0]).unwrap();
     assert_eq!(log.outbox_cursor("cloud", "critical").unwrap(), crit[1] + 1);
-    assert!(matches!(log.ack("cloud", "critical", 1_000), Err(Error::AckBeyondHead { .. })));
-    assert!(matches!(log.ack("nowhere", "critical", 0), Err(Error::UnknownDestination(_))));
+    assert!(matches!(
+        log.ack("cloud", "critical", 1_000),
+        Err(Error::AckBeyondHead { .. })
+    ));
+    assert!(matches!(
+        log.ack("nowhere", "critical", 0),
+        Err(Error::UnknownDestination(_))
+    ));
 
     // Cursors survive a restart.
     log.close().unwrap();
     drop(log);
     let (log, _) = Log::open(cfg(dir.path())).unwrap();
     assert_eq!(log.outbox_cursor("cloud", "critical").unwrap(), crit[1] + 1);
-    let got = log.outbox_read("cloud", "critical", None, 10, 1 << 20).unwrap();
-    assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), crit[2..]);
+    let got = log
+        .outbox_read("cloud", "critical", None, 10, 1 << 20)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.position).collect::<Vec<_>>(),
+        crit[2..]
+    );
     // The other destination still has everything pending.
-    let got = log.outbox_read("backup", "critical", None, 10, 1 << 20).unwrap();
+    let got = log
+        .outbox_read("backup", "critical", None, 10, 1 << 20)
+        .unwrap();
     assert_eq!(got.len(), 3);
 }
 
@@ -86,9 +111,22 @@ fn reject_new_refuses_appends_over_the_cap_until_acked() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = Log::open(cfg(dir.path())).unwrap();
     let crit = append_n(&log, "critical", 5, "c");
-    match log.append("critical", EV::Any, vec![ev("over", json!({}))], Some("critical")) {
-        Err(Error::OutboxFull { class, pending_events, max_events, .. }) => {
-            assert_eq!((class.as_str(), pending_events, max_events), ("critical", 5, 5));
+    match log.append(
+        "critical",
+        EV::Any,
+        vec![ev("over", json!({}))],
+        Some("critical"),
+    ) {
+        Err(Error::OutboxFull {
+            class,
+            pending_events,
+            max_events,
+            ..
+        }) => {
+            assert_eq!(
+                (class.as_str(), pending_events, max_events),
+                ("critical", 5, 5)
+            );
         }
         other => panic!("expected OutboxFull, got {other:?}"),
     }
@@ -97,12 +135,22 @@ fn reject_new_refuses_appends_over_the_cap_until_acked() {
     // One destination acking is not enough: the slowest one holds the space.
     log.ack("cloud", "critical", crit[4]).unwrap();
     assert!(log
-        .append("critical", EV::Any, vec![ev("over", json!({}))], Some("critical"))
+        .append(
+            "critical",
+            EV::Any,
+            vec![ev("over", json!({}))],
+            Some("critical")
+        )
         .is_err());
     log.ack("backup", "critical", crit[4]).unwrap();
     assert_eq!(log.outbox_status()[0].pending_events, 0);
-    log.append("critical", EV::Any, vec![ev("over", json!({}))], Some("critical"))
-        .unwrap();
+    log.append(
+        "critical",
+        EV::Any,
+        vec![ev("over", json!({}))],
+        Some("critical"),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -115,7 +163,9 @@ fn drop_oldest_drops_and_counts_the_oldest_pending_events() {
     assert_eq!(st.dropped_events, 3, "{st:?}");
     assert_eq!(st.pending_events, 20);
     // The oldest three are gone from the outbox; the newest are there.
-    let got = log.outbox_read("cloud", "bulk", None, 100, 1 << 20).unwrap();
+    let got = log
+        .outbox_read("cloud", "bulk", None, 100, 1 << 20)
+        .unwrap();
     let got: Vec<u64> = got.iter().map(|e| e.position).collect();
     assert_eq!(got[0], bulk[3]);
     assert_eq!(&got[got.len() - 3..], &more[..]);
@@ -142,7 +192,9 @@ fn ttl_expires_old_pending_events_and_counts_them() {
     assert_eq!(r.expired_events, 4);
     let st = &log.outbox_status()[2];
     assert_eq!((st.expired_events, st.pending_events), (4, 2));
-    let got = log.outbox_read("backup", "normal", None, 100, 1 << 20).unwrap();
+    let got = log
+        .outbox_read("backup", "normal", None, 100, 1 << 20)
+        .unwrap();
     assert_eq!(got.iter().map(|e| e.position).collect::<Vec<_>>(), fresh);
 }
 
@@ -164,7 +216,12 @@ fn acknowledged_prefix_is_reclaimed() {
     // The stream keeps its version and its retained tail.
     assert_eq!(log.stream_version("normal").unwrap(), Some(49));
     let page = log
-        .read_stream("normal", outrider_runtime::StreamFrom::Start, outrider_runtime::Direction::Forwards, 100)
+        .read_stream(
+            "normal",
+            outrider_runtime::StreamFrom::Start,
+            outrider_runtime::Direction::Forwards,
+            100,
+        )
         .unwrap();
     assert_eq!(page.events.first().map(|e| e.version), Some(30));
     // Appends continue with the right version after a restart.
@@ -173,7 +230,12 @@ fn acknowledged_prefix_is_reclaimed() {
     let (log, rep) = Log::open(c).unwrap();
     assert_eq!((rep.start, rep.head), (30, 50));
     let r = log
-        .append("normal", EV::Exact(49), vec![ev("after", json!({}))], Some("normal"))
+        .append(
+            "normal",
+            EV::Exact(49),
+            vec![ev("after", json!({}))],
+            Some("normal"),
+        )
         .unwrap();
     assert_eq!((r.versions[0], r.positions[0]), (50, 50));
 }

@@ -10,8 +10,13 @@ use serde_json::json;
 fn fill(dir: &std::path::Path, n: usize) {
     let (log, _) = Log::open(LogConfig::new(dir)).unwrap();
     for i in 0..n {
-        log.append("s", EV::Any, vec![ev(&format!("e{i}"), json!({ "i": i }))], None)
-            .unwrap();
+        log.append(
+            "s",
+            EV::Any,
+            vec![ev(&format!("e{i}"), json!({ "i": i }))],
+            None,
+        )
+        .unwrap();
     }
     log.close().unwrap();
 }
@@ -51,7 +56,9 @@ fn corrupt_tail_record_is_reported_and_cut() {
     let all = log.read_all(0, 100).unwrap();
     assert_eq!(all.len(), 7);
     // The log keeps working: the next append takes position 7, version 7.
-    let r = log.append("s", EV::Exact(6), vec![ev("new", json!({}))], None).unwrap();
+    let r = log
+        .append("s", EV::Exact(6), vec![ev("new", json!({}))], None)
+        .unwrap();
     assert_eq!((r.positions[0], r.versions[0]), (7, 7));
     log.close().unwrap();
     drop(log);
@@ -66,7 +73,9 @@ fn torn_record_keeps_the_intact_events_before_the_tear() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = Log::open(LogConfig::new(dir.path())).unwrap();
     // One append of 5 events is one record.
-    let evs = (0..5).map(|i| ev(&format!("b{i}"), json!({ "i": i }))).collect();
+    let evs = (0..5)
+        .map(|i| ev(&format!("b{i}"), json!({ "i": i })))
+        .collect();
     log.append("s", EV::Any, evs, None).unwrap();
     log.close().unwrap();
     drop(log);
@@ -79,7 +88,12 @@ fn torn_record_keeps_the_intact_events_before_the_tear() {
     let bad = report.corrupt.expect("tear reported");
     assert_eq!(bad.position, 3, "{bad:?}");
     assert_eq!(log.head(), 3);
-    let ids: Vec<String> = log.read_all(0, 10).unwrap().into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = log
+        .read_all(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(ids, vec!["b0", "b1", "b2"]);
 }
 
@@ -91,10 +105,16 @@ fn full_verification_finds_old_damage_that_a_tail_check_skips() {
     let mut cfg = LogConfig::new(dir.path());
     cfg.verify_on_open = VerifyOnOpen::Tail;
     let (log, report) = Log::open(cfg.clone()).unwrap();
-    assert_eq!(report.corrupt, None, "the tail check does not reach position 5");
+    assert_eq!(
+        report.corrupt, None,
+        "the tail check does not reach position 5"
+    );
     // A read that reaches it reports the position.
     let err = log.read_all(5, 1).unwrap_err();
-    assert!(matches!(err, outrider_runtime::Error::Corrupt { position: 5, .. }), "{err}");
+    assert!(
+        matches!(err, outrider_runtime::Error::Corrupt { position: 5, .. }),
+        "{err}"
+    );
     log.close().unwrap();
     drop(log);
     cfg.verify_on_open = VerifyOnOpen::Full;
@@ -121,10 +141,35 @@ fn unopenable_directory_is_moved_aside_not_fatal() {
     let data = dir.path().join("data");
     fill(&data, 3);
     // Garbage over sled's config file makes the engine refuse the directory.
-    std::fs::write(data.join("conf"), b"\x00\x01garbage that is not a sled config").unwrap();
+    std::fs::write(
+        data.join("conf"),
+        b"\x00\x01garbage that is not a sled config",
+    )
+    .unwrap();
     let (log, report) = Log::open(LogConfig::new(&data)).unwrap();
     let aside = report.quarantined_dir.expect("directory moved aside");
     assert!(aside.exists());
     assert_eq!(log.head(), 0);
-    log.append("s", EV::Any, vec![ev("fresh", json!({}))], None).unwrap();
+    log.append("s", EV::Any, vec![ev("fresh", json!({}))], None)
+        .unwrap();
+}
+
+#[test]
+fn inspect_reports_damage_without_repairing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 6);
+    damage(dir.path(), 4, |v| {
+        let n = v.len();
+        v[n - 1] ^= 0x01;
+    });
+    let r = outrider_runtime::inspect::inspect(dir.path(), None).unwrap();
+    assert_eq!(r.corrupt.first().map(|c| c.0), Some(4), "{:?}", r.corrupt);
+    // Nothing was cut: a repairing open still finds the damage at the same place.
+    let (log, report) = Log::open(LogConfig::new(dir.path())).unwrap();
+    assert_eq!(report.corrupt.map(|c| c.position), Some(4));
+    assert_eq!(log.head(), 4);
+    // Inspecting a directory that holds no log is an error, and creates nothing.
+    let missing = dir.path().join("nope");
+    assert!(outrider_runtime::inspect::inspect(&missing, None).is_err());
+    assert!(!missing.exists());
 }
