@@ -48,7 +48,10 @@ fn main() -> Result<()> {
     cfg.default_class = "telemetry".into();
     let (log, report) = Log::open(cfg).context("opening the gateway's log")?;
     if let Some(bad) = &report.corrupt {
-        eprintln!("log repaired: cut at position {} ({})", bad.position, bad.reason);
+        eprintln!(
+            "log repaired: cut at position {} ({})",
+            bad.position, bad.reason
+        );
     }
 
     // Append readings; an over-threshold reading also raises an alarm in the high class.
@@ -57,7 +60,12 @@ fn main() -> Result<()> {
         let base = log.stream_version(&stream)?.map_or(0, |v| v + 1) as u32;
         for i in 0..20u32 {
             let c = 20.0 + f64::from((base + i) % 70);
-            log.append(&stream, ExpectedVersion::Any, vec![reading(device, base + i, c)], None)?;
+            log.append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![reading(device, base + i, c)],
+                None,
+            )?;
             if c > 35.0 {
                 let alarm = Event {
                     source: "gateway.alarms".into(),
@@ -102,7 +110,10 @@ fn main() -> Result<()> {
         println!("forwarded {sent} {class} events");
     }
     let m = log.maintain()?;
-    println!("reclaimed {} delivered events; log now starts at {}", m.reclaimed_events, m.start);
+    println!(
+        "reclaimed {} delivered events; log now starts at {}",
+        m.reclaimed_events, m.start
+    );
     log.close()?;
     Ok(())
 }
