@@ -148,17 +148,23 @@ impl RecordWriter {
         self.count
     }
 
-    /// Appends one event's encoded bytes.
-    pub(crate) fn push(&mut self, class: u8, payload: &[u8]) {
+    /// Appends one event's encoded bytes, given in parts (the client's encoding and the fields
+    /// the committer adds).
+    pub(crate) fn push(&mut self, class: u8, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut h = crc32fast::Hasher::new();
         h.update(&[class]);
-        h.update(payload);
+        for p in parts {
+            h.update(p);
+        }
         // Payload length is bounded by the event size limit (far below u32::MAX).
-        self.buf
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.buf.reserve(EVENT_HEADER_LEN + len);
+        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
         self.buf.extend_from_slice(&h.finalize().to_le_bytes());
         self.buf.push(class);
-        self.buf.extend_from_slice(payload);
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
         self.count += 1;
         self.class_mask |= 1 << class;
     }
@@ -444,9 +450,9 @@ mod tests {
     #[test]
     fn record_round_trip_and_corruption_is_located() {
         let mut w = RecordWriter::new(42);
-        w.push(0, b"first");
-        w.push(3, b"second");
-        w.push(1, b"");
+        w.push(0, &[b"fir", b"st"]);
+        w.push(3, &[b"second"]);
+        w.push(1, &[]);
         let bytes = w.finish();
         let (h, it) = RecordIter::new(100, &bytes).unwrap();
         assert_eq!((h.count, h.commit_ms, h.class_mask), (3, 42, 0b1011));
@@ -483,6 +489,25 @@ mod tests {
     }
 
     #[test]
+    fn place_suffix_decodes_as_the_envelope_fields() {
+        use prost::Message;
+        let base = outrider_proto::Event {
+            id: "x".into(),
+            stream: "s".into(),
+            origin_node: "n".into(),
+            ..Default::default()
+        };
+        for (v, p, o) in [(0, 0, None), (1, 300, Some(300)), (u64::MAX, u64::MAX - 1, Some(u64::MAX))] {
+            let mut bytes = base.encode_to_vec();
+            let (suf, n) = place_suffix(v, p, o);
+            bytes.extend_from_slice(&suf[..n]);
+            let e = outrider_proto::Event::decode(bytes.as_slice()).unwrap();
+            assert_eq!((e.version, e.position, e.origin_seq), (v, p, o.unwrap_or(0)));
+            assert_eq!(e.id, "x");
+        }
+    }
+
+    #[test]
     fn chunk_round_trip() {
         let ps = vec![5, 6, 90, 1 << 40, (1 << 40) + 1];
         let enc = encode_chunk(&ps);
@@ -491,4 +516,40 @@ mod tests {
         bad[1] ^= 0x10;
         assert!(decode_chunk(0, &bad).is_err());
     }
+}
+
+/// Protobuf tags of the envelope fields the committer appends to a client's encoding
+/// (`version` = 11, `position` = 12, `origin_seq` = 14; varint wire type).
+const TAG_VERSION: u8 = 11 << 3;
+const TAG_POSITION: u8 = 12 << 3;
+const TAG_ORIGIN_SEQ: u8 = 14 << 3;
+/// Longest suffix [`place_suffix`] writes: three one-byte tags and three 10-byte varints.
+pub(crate) const MAX_PLACE_SUFFIX: usize = 33;
+
+/// Encodes the fields that place an event in the log, to be appended to its encoding (which was
+/// made with them at their default of zero, so they are absent there). Protobuf decoders accept
+/// fields in any order; zero values are omitted as proto3 does.
+pub(crate) fn place_suffix(version: u64, position: u64, origin_seq: Option<u64>) -> ([u8; MAX_PLACE_SUFFIX], usize) {
+    let mut out = [0u8; MAX_PLACE_SUFFIX];
+    let mut n = 0;
+    for (tag, v) in [
+        (TAG_VERSION, version),
+        (TAG_POSITION, position),
+        (TAG_ORIGIN_SEQ, origin_seq.unwrap_or(0)),
+    ] {
+        if v == 0 {
+            continue;
+        }
+        out[n] = tag;
+        n += 1;
+        let mut v = v;
+        while v >= 0x80 {
+            out[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        out[n] = v as u8;
+        n += 1;
+    }
+    (out, n)
 }

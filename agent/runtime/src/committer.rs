@@ -2,27 +2,30 @@
 //!
 //! It takes all queued requests at once (a *commit group*), checks each append against the
 //! streams' versions, the idempotency window and the outbox caps, lays the accepted events into
-//! records, and writes the whole group as one atomic sled batch. In sync mode it then flushes and
-//! fdatasyncs once for the group (group commit) before any append in it is acknowledged.
-//! If the write fails, every request of the group fails and the in-memory state is reloaded from
-//! disk, which the atomic batch left as it was before the group.
+//! records, and writes the whole group as one atomic sled batch. Callers have already validated
+//! and encoded their events (`Log::prepare_append`), so per event the committer only places it:
+//! it appends the version, position and origin seq fields to the encoding.
+//!
+//! In sync mode the group then goes to the [`Syncer`] thread, which flushes and fdatasyncs once
+//! for every group that reached it (group commit), publishes the new head and only then
+//! acknowledges the appends; meanwhile the committer already stages the next group.
+//! If a write fails, every request of that group fails and the in-memory state is reloaded from
+//! disk, which the atomic batch left as it was before the group. If an fsync fails, the log is
+//! marked failed and refuses appends until reopened.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use outrider_proto::Event;
-use prost::Message;
+use std::thread::JoinHandle;
 
 use crate::codec::{self, ClassEntry, RecordWriter, EVENT_HEADER_LEN};
 use crate::config::{Durability, FullPolicy};
 use crate::error::{Error, Result};
-use crate::log::{AppendResult, Shared};
+use crate::log::{AppendResult, Prepared, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::{entries_from, MaintainReport, OutboxState};
 use crate::read::{self, PositionReader};
-use crate::validate::validate_event;
 use crate::ExpectedVersion;
 
 /// Records are cut at about this size so that sled pages stay inline in its segments.
@@ -31,12 +34,14 @@ const RECORD_TARGET_BYTES: usize = 12 * 1024;
 const RECLAIM_RECORDS_PER_PASS: usize = 4096;
 /// Streams whose versions are cached in memory (backed by sled; evicted wholesale when full).
 const STREAM_CACHE: usize = 65_536;
+/// Applied groups waiting for the syncer; a full queue makes the committer wait.
+const SYNC_QUEUE: usize = 64;
 
 pub(crate) enum Request {
     Append {
         stream: String,
         expected: ExpectedVersion,
-        events: Vec<Event>,
+        prepared: Prepared,
         class: usize,
         reply: flume::Sender<Result<AppendResult>>,
     },
@@ -62,37 +67,91 @@ enum Reply {
     Ack(flume::Sender<Result<()>>, Result<()>),
 }
 
+impl Reply {
+    /// Sends the reply; a staged success becomes `failure` when its group did not commit.
+    fn send(self, failure: Option<&Error>) {
+        let fail = |e: &Error| Error::Storage(e.to_string());
+        match self {
+            Reply::Append(tx, r) => {
+                let r = match (failure, r) {
+                    (Some(e), Ok(_)) => Err(fail(e)),
+                    (_, r) => r,
+                };
+                let _ = tx.send(r);
+            }
+            Reply::Ack(tx, r) => {
+                let r = match (failure, r) {
+                    (Some(e), Ok(())) => Err(fail(e)),
+                    (_, r) => r,
+                };
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct StreamSt {
     sid: u64,
     next_version: u64,
 }
 
-/// Recent (stream, event id) → (position, version), bounded, oldest evicted first.
+/// A hasher for keys that already are hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type HashIndex = HashMap<u64, (u64, u64), BuildHasherDefault<Prehashed>>;
+
+/// Recent (stream, event id) hashes → (position, version), in two generations: when the current
+/// one holds a full window it becomes the old one and the previous old one is dropped, so at
+/// least the last `window` events (and at most twice that) are remembered. Hits
+/// are confirmed against the stored event, so a hash collision can never drop an event.
 struct Dedupe {
-    map: HashMap<u64, (u64, u64)>,
-    order: VecDeque<u64>,
-    cap: usize,
+    cur: HashIndex,
+    old: HashIndex,
+    half: usize,
 }
 
 impl Dedupe {
-    fn insert(&mut self, h: u64, pos: u64, version: u64) {
-        if self.cap == 0 {
-            return;
-        }
-        if self.map.insert(h, (pos, version)).is_none() {
-            self.order.push_back(h);
-        }
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
+    fn new(window: usize) -> Self {
+        Self {
+            cur: HashIndex::default(),
+            old: HashIndex::default(),
+            half: window,
         }
     }
 
+    fn get(&self, h: u64) -> Option<(u64, u64)> {
+        self.cur.get(&h).or_else(|| self.old.get(&h)).copied()
+    }
+
+    fn insert(&mut self, h: u64, pos: u64, version: u64) {
+        if self.half == 0 {
+            return;
+        }
+        if self.cur.len() >= self.half {
+            self.old = std::mem::take(&mut self.cur);
+        }
+        self.cur.insert(h, (pos, version));
+    }
+
     fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.cur.clear();
+        self.old.clear();
     }
 }
 
@@ -102,24 +161,27 @@ struct Group {
     writes: usize,
     bytes: usize,
     commit_ms: i64,
+    /// First position of the group.
+    first: u64,
     record: Option<(u64, RecordWriter, [ClassEntry; 32], u32)>,
     /// Stream id → (first version in this group, positions).
     chunks: HashMap<u64, (u64, Vec<u64>)>,
-    /// Position → event id of events staged in this group (for idempotency checks).
-    staged: HashMap<u64, String>,
+    /// Ids of the events staged in this group, by position − `first`.
+    staged: Vec<String>,
     replies: Vec<Reply>,
 }
 
 impl Group {
-    fn new(commit_ms: i64) -> Self {
+    fn new(commit_ms: i64, first: u64) -> Self {
         Self {
             batch: sled::Batch::default(),
             writes: 0,
             bytes: 0,
             commit_ms,
+            first,
             record: None,
             chunks: HashMap::new(),
-            staged: HashMap::new(),
+            staged: Vec::new(),
             replies: Vec::new(),
         }
     }
@@ -129,28 +191,24 @@ impl Group {
         self.writes += 1;
     }
 
-    fn push_event(&mut self, class: u8, pos: u64, payload: &[u8]) {
+    fn push_event(&mut self, class: u8, pos: u64, payload: &[u8], suffix: &[u8]) {
+        let len = payload.len() + suffix.len();
         let full = matches!(&self.record, Some((_, w, _, _))
-            if w.count() > 0 && w.len() + EVENT_HEADER_LEN + payload.len() > RECORD_TARGET_BYTES);
+            if w.count() > 0 && w.len() + EVENT_HEADER_LEN + len > RECORD_TARGET_BYTES);
         if full {
             self.finish_record();
         }
         let commit_ms = self.commit_ms;
         let (_, w, entries, mask) = self.record.get_or_insert_with(|| {
-            (
-                pos,
-                RecordWriter::new(commit_ms),
-                [ClassEntry::default(); 32],
-                0,
-            )
+            (pos, RecordWriter::new(commit_ms), [ClassEntry::default(); 32], 0)
         });
-        w.push(class, payload);
+        w.push(class, &[payload, suffix]);
         let e = &mut entries[usize::from(class)];
         e.count += 1;
-        e.bytes += payload.len() as u64;
+        e.bytes += len as u64;
         e.commit_ms = commit_ms;
         *mask |= 1 << class;
-        self.bytes += payload.len();
+        self.bytes += len;
     }
 
     fn finish_record(&mut self) {
@@ -168,45 +226,127 @@ impl Group {
     }
 }
 
+/// What the committer hands the syncer.
+enum SyncMsg {
+    /// A group applied to sled: make it durable, publish `end`, then send the replies.
+    Group { end: u64, replies: Vec<Reply> },
+    /// Make everything so far durable, then reply.
+    Barrier { reply: flume::Sender<Result<()>> },
+}
+
+/// The sync-mode thread that makes applied groups durable, one fsync for all waiting groups.
+struct Syncer {
+    tx: flume::Sender<SyncMsg>,
+    handle: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn spawn(sh: Arc<Shared>) -> Result<Self> {
+        let (tx, rx) = flume::bounded::<SyncMsg>(SYNC_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("outrider-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut msgs = vec![first];
+                    msgs.extend(rx.try_iter());
+                    let end = msgs
+                        .iter()
+                        .filter_map(|m| match m {
+                            SyncMsg::Group { end, .. } => Some(*end),
+                            SyncMsg::Barrier { .. } => None,
+                        })
+                        .max();
+                    let r = if sh.failed.load(Ordering::Acquire) {
+                        Err(Error::Storage("the log failed an earlier fsync; reopen it".into()))
+                    } else {
+                        sh.sync()
+                    };
+                    match &r {
+                        Ok(()) => {
+                            if let Some(end) = end {
+                                sh.publish(end, end);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "fsync failed; the log refuses appends until reopened");
+                            sh.failed.store(true, Ordering::Release);
+                        }
+                    }
+                    for m in msgs {
+                        match m {
+                            SyncMsg::Group { replies, .. } => {
+                                for reply in replies {
+                                    reply.send(r.as_ref().err());
+                                }
+                            }
+                            SyncMsg::Barrier { reply } => {
+                                let _ = reply.send(match &r {
+                                    Ok(()) => Ok(()),
+                                    Err(e) => Err(Error::Storage(e.to_string())),
+                                });
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the syncer thread: {e}")))?;
+        Ok(Self { tx, handle })
+    }
+
+    /// Waits until everything handed over so far is durable.
+    fn barrier(&self) -> Result<()> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send(SyncMsg::Barrier { reply })
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+}
+
 pub(crate) struct Committer {
     sh: Arc<Shared>,
+    /// Next position to assign (staged, not yet applied).
     next_pos: u64,
+    /// Positions below this are applied to sled (maybe not yet durable or published).
+    applied: u64,
     next_sid: u64,
     streams: HashMap<String, StreamSt>,
     dedupe: Dedupe,
-    hasher: std::collections::hash_map::RandomState,
+    syncer: Option<Syncer>,
 }
 
 impl Committer {
     pub(crate) fn new(sh: Arc<Shared>, next_sid: u64) -> Result<Self> {
+        let head = sh.head.load(Ordering::Acquire);
+        let syncer = match sh.cfg.durability {
+            Durability::Sync => Some(Syncer::spawn(sh.clone())?),
+            Durability::Periodic { .. } => None,
+        };
         let mut c = Self {
-            next_pos: sh.head.load(Ordering::Acquire),
+            next_pos: head,
+            applied: head,
             next_sid,
             streams: HashMap::new(),
-            dedupe: Dedupe {
-                map: HashMap::new(),
-                order: VecDeque::new(),
-                cap: sh.cfg.dedupe_window,
-            },
-            hasher: Default::default(),
+            dedupe: Dedupe::new(sh.cfg.dedupe_window),
+            syncer,
             sh,
         };
-        c.preload_dedupe()?;
+        c.preload_dedupe();
         Ok(c)
     }
 
     /// Fills the idempotency window from the log's tail, so retries across restarts are caught.
-    fn preload_dedupe(&mut self) -> Result<()> {
-        let head = self.next_pos;
+    fn preload_dedupe(&mut self) {
+        let head = self.applied;
         let from = head
-            .saturating_sub(self.dedupe.cap as u64)
+            .saturating_sub(self.sh.cfg.dedupe_window as u64)
             .max(self.sh.start.load(Ordering::Acquire));
-        let mut sids: HashMap<String, u64> = HashMap::new();
         let sh = self.sh.clone();
-        let mut found = Vec::new();
+        let dedupe = &mut self.dedupe;
         let scanned = read::scan_log(&sh, from, |_, payload, pos| {
             let e = read::decode_event(pos, payload)?;
-            found.push((e.stream, e.id, pos, e.version));
+            let h = sh.id_hasher.hash_one((e.stream.as_str(), e.id.as_str()));
+            dedupe.insert(h, pos, e.version);
             Ok(true)
         });
         // A damaged record behind the verified tail must not stop the log from opening: the
@@ -214,33 +354,18 @@ impl Committer {
         if let Err(e) = scanned {
             tracing::warn!(error = %e, "idempotency window only partly rebuilt");
         }
-        for (stream, id, pos, version) in found {
-            let sid = match sids.get(&stream) {
-                Some(s) => *s,
-                None => match read::stream_info(&sh, &stream)? {
-                    Some((sid, _)) => {
-                        sids.insert(stream, sid);
-                        sid
-                    }
-                    None => continue,
-                },
-            };
-            let h = self.hasher.hash_one((sid, id.as_str()));
-            self.dedupe.insert(h, pos, version);
-        }
-        Ok(())
     }
 
     pub(crate) fn run(mut self, rx: flume::Receiver<Request>) {
         let max_bytes = self.sh.cfg.max_group_bytes;
         loop {
             let Ok(first) = rx.recv() else {
-                if let Err(e) = self.sh.sync() {
+                if let Err(e) = self.close() {
                     tracing::error!(error = %e, "final flush failed");
                 }
                 return;
             };
-            let mut g = Group::new(self.sh.clock.now_unix_millis());
+            let mut g = Group::new(self.sh.clock.now_unix_millis(), self.next_pos);
             let mut control = self.handle(first, &mut g);
             while control.is_none() && g.bytes < max_bytes {
                 match rx.try_recv() {
@@ -252,11 +377,7 @@ impl Committer {
             match control {
                 None => {}
                 Some(Request::Flush { reply }) => {
-                    let r = self.sh.sync();
-                    if r.is_ok() {
-                        self.sh.mark_durable(self.next_pos);
-                    }
-                    let _ = reply.send(r);
+                    let _ = reply.send(self.make_durable());
                 }
                 Some(Request::Maintain { reply }) => {
                     let r = self.maintain();
@@ -266,16 +387,33 @@ impl Committer {
                     let _ = reply.send(r);
                 }
                 Some(Request::Close { reply }) => {
-                    let r = self.sh.sync();
-                    if r.is_ok() {
-                        self.sh.mark_durable(self.next_pos);
-                    }
-                    let _ = reply.send(r);
+                    let _ = reply.send(self.close());
                     return;
                 }
                 Some(_) => {}
             }
         }
+    }
+
+    /// Makes everything applied so far durable.
+    fn make_durable(&self) -> Result<()> {
+        match &self.syncer {
+            Some(s) => s.barrier(),
+            None => {
+                self.sh.sync()?;
+                self.sh.mark_durable(self.applied);
+                Ok(())
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let r = self.make_durable();
+        if let Some(s) = self.syncer.take() {
+            drop(s.tx);
+            let _ = s.handle.join();
+        }
+        r
     }
 
     /// Stages one request into the group; returns control requests that need the group committed.
@@ -284,12 +422,17 @@ impl Committer {
             Request::Append {
                 stream,
                 expected,
-                events,
+                prepared,
                 class,
                 reply,
             } => {
-                let r = self.stage_append(g, &stream, expected, events, class);
-                g.replies.push(Reply::Append(reply, r));
+                let r = self.stage_append(g, &stream, expected, prepared, class);
+                if r.is_err() {
+                    // Nothing of a refused append is in the group: answer at once.
+                    Reply::Append(reply, r).send(None);
+                } else {
+                    g.replies.push(Reply::Append(reply, r));
+                }
                 None
             }
             Request::Ack {
@@ -310,51 +453,47 @@ impl Committer {
         g.finish_record();
         let chunks = std::mem::take(&mut g.chunks);
         for (sid, (first, positions)) in chunks {
-            g.insert(
-                codec::chunk_key(sid, first),
-                codec::encode_chunk(&positions),
-            );
+            g.insert(codec::chunk_key(sid, first), codec::encode_chunk(&positions));
         }
-        let mut result = Ok(());
-        if g.writes > 0 {
-            let events = g.staged.len() as u64;
-            result = self.sh.db.apply_batch(g.batch).map_err(Error::from);
-            if result.is_ok() && self.sh.cfg.durability == Durability::Sync && events > 0 {
-                result = self.sh.sync();
+        if g.writes == 0 {
+            for reply in g.replies {
+                reply.send(None);
             }
-            if result.is_ok() {
-                let durable = match self.sh.cfg.durability {
-                    Durability::Sync => self.next_pos,
-                    Durability::Periodic { .. } => 0,
-                };
-                self.sh.publish(self.next_pos, durable);
-                Metrics::inc(&self.sh.metrics.commit_groups, 1);
-            }
+            return;
         }
-        if let Err(e) = &result {
+        if let Err(e) = self.sh.db.apply_batch(g.batch) {
+            let e = Error::from(e);
             tracing::error!(error = %e, "commit failed; reloading state from disk");
             self.reload();
+            for reply in g.replies {
+                reply.send(Some(&e));
+            }
+            return;
         }
-        for reply in g.replies {
-            match reply {
-                Reply::Append(tx, r) => {
-                    let r = match (&result, r) {
-                        (Err(e), Ok(_)) => Err(Error::Storage(e.to_string())),
-                        (_, r) => r,
-                    };
-                    if let Ok(ok) = &r {
-                        if !ok.duplicate {
-                            Metrics::inc(&self.sh.metrics.appends, 1);
-                        }
+        self.applied = self.next_pos;
+        Metrics::inc(&self.sh.metrics.commit_groups, 1);
+        let appended = g
+            .replies
+            .iter()
+            .filter(|r| matches!(r, Reply::Append(_, Ok(a)) if !a.duplicate))
+            .count();
+        Metrics::inc(&self.sh.metrics.appends, appended as u64);
+        match &self.syncer {
+            Some(s) => {
+                let msg = SyncMsg::Group {
+                    end: self.applied,
+                    replies: g.replies,
+                };
+                if let Err(flume::SendError(SyncMsg::Group { replies, .. })) = s.tx.send(msg) {
+                    for reply in replies {
+                        reply.send(Some(&Error::Closed));
                     }
-                    let _ = tx.send(r);
                 }
-                Reply::Ack(tx, r) => {
-                    let r = match (&result, r) {
-                        (Err(e), Ok(())) => Err(Error::Storage(e.to_string())),
-                        (_, r) => r,
-                    };
-                    let _ = tx.send(r);
+            }
+            None => {
+                self.sh.publish(self.applied, 0);
+                for reply in g.replies {
+                    reply.send(None);
                 }
             }
         }
@@ -364,7 +503,7 @@ impl Committer {
     fn reload(&mut self) {
         self.streams.clear();
         self.dedupe.clear();
-        self.next_pos = self.sh.head.load(Ordering::Acquire);
+        self.next_pos = self.applied;
         match self.sh.db.get(codec::META_NEXT_SID) {
             Ok(Some(v)) => self.next_sid = codec::be_u64(&v).unwrap_or(self.next_sid),
             Ok(None) => {}
@@ -374,9 +513,7 @@ impl Committer {
             Ok(ob) => *self.sh.outbox.lock() = ob,
             Err(e) => tracing::error!(error = %e, "reload: cannot read outbox state"),
         }
-        if let Err(e) = self.preload_dedupe() {
-            tracing::error!(error = %e, "reload: cannot rebuild the idempotency window");
-        }
+        self.preload_dedupe();
     }
 
     fn stream_state(&mut self, name: &str) -> Result<Option<StreamSt>> {
@@ -388,37 +525,42 @@ impl Committer {
         };
         let sid = codec::be_u64(&sid)
             .ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
-        let next_version =
-            read::last_chunk(&self.sh, sid)?.map_or(0, |(first, ps)| first + ps.len() as u64);
-        let st = StreamSt { sid, next_version };
+        let Some((first, ps)) = read::last_chunk(&self.sh, sid)? else {
+            // Every event of the stream was cut away by a repair: it starts afresh.
+            return Ok(None);
+        };
+        let st = StreamSt {
+            sid,
+            next_version: first + ps.len() as u64,
+        };
         self.cache_stream(name, st);
         Ok(Some(st))
     }
 
     fn cache_stream(&mut self, name: &str, st: StreamSt) {
-        if self.streams.len() >= STREAM_CACHE && !self.streams.contains_key(name) {
+        if let Some(s) = self.streams.get_mut(name) {
+            *s = st;
+            return;
+        }
+        if self.streams.len() >= STREAM_CACHE {
             self.streams.clear();
         }
         self.streams.insert(name.to_string(), st);
     }
 
-    /// The original (position, version) of `id` in stream `sid`, if the window remembers it.
-    fn lookup_dup(
-        &self,
-        g: &Group,
-        sid: u64,
-        stream: &str,
-        id: &str,
-    ) -> Result<Option<(u64, u64)>> {
-        let h = self.hasher.hash_one((sid, id));
-        let Some(&(pos, version)) = self.dedupe.map.get(&h) else {
+    /// The original (position, version) of `id` in `stream`, if the window remembers it.
+    fn lookup_dup(&self, g: &Group, h: u64, stream: &str, id: &str) -> Result<Option<(u64, u64)>> {
+        let Some((pos, version)) = self.dedupe.get(h) else {
             return Ok(None);
         };
         // The window keys on a hash: confirm against the event itself.
-        if let Some(staged) = g.staged.get(&pos) {
-            return Ok((staged == id).then_some((pos, version)));
+        if pos >= g.first {
+            let staged = usize::try_from(pos - g.first)
+                .ok()
+                .and_then(|i| g.staged.get(i));
+            return Ok(staged.filter(|s| *s == id).map(|_| (pos, version)));
         }
-        let e = PositionReader::new(&self.sh).get(pos)?;
+        let e = PositionReader::with_limit(&self.sh, self.applied).get(pos)?;
         Ok(e.filter(|e| e.id == id && e.stream == stream)
             .map(|_| (pos, version)))
     }
@@ -428,31 +570,26 @@ impl Committer {
         g: &mut Group,
         stream: &str,
         expected: ExpectedVersion,
-        mut events: Vec<Event>,
+        p: Prepared,
         class: usize,
     ) -> Result<AppendResult> {
-        let now = self.sh.clock.now_unix_nanos();
-        let mut ids = HashSet::with_capacity(events.len());
-        for e in &mut events {
-            if e.id.is_empty() {
-                e.id = uuid::Uuid::now_v7().to_string();
-            }
-            validate_event(e)?;
-            if !ids.insert(e.id.clone()) {
-                return Err(Error::DuplicateIdInRequest { id: e.id.clone() });
-            }
+        if self.sh.failed.load(Ordering::Acquire) {
+            return Err(Error::Storage(
+                "the log failed an earlier fsync and refuses appends; reopen it".into(),
+            ));
         }
         let st = self.stream_state(stream)?;
         let actual = st.and_then(|s| s.next_version.checked_sub(1));
+        let n = p.ids.len();
 
         // Idempotent retry?
         if let Some(st) = st {
-            let mut found = Vec::with_capacity(events.len());
-            for e in &events {
-                found.push(self.lookup_dup(g, st.sid, stream, &e.id)?);
+            let mut found = Vec::with_capacity(n);
+            for (h, id) in p.hashes.iter().zip(&p.ids) {
+                found.push(self.lookup_dup(g, *h, stream, id)?);
             }
             let hits = found.iter().filter(|f| f.is_some()).count();
-            if hits == events.len() {
+            if hits == n {
                 Metrics::inc(&self.sh.metrics.duplicate_appends, 1);
                 return Ok(duplicate_result(found.into_iter().flatten(), st));
             }
@@ -460,11 +597,11 @@ impl Committer {
                 let i = found.iter().position(Option::is_some).unwrap_or(0);
                 return Err(Error::PartialDuplicate {
                     stream: stream.into(),
-                    id: events[i].id.clone(),
+                    id: p.ids[i].clone(),
                 });
             }
             if let ExpectedVersion::Exact(v) = expected {
-                if let Some(r) = self.exact_retry(stream, st, v, &events)? {
+                if let Some(r) = self.exact_retry(stream, st, v, &p.ids)? {
                     Metrics::inc(&self.sh.metrics.duplicate_appends, 1);
                     return Ok(r);
                 }
@@ -477,39 +614,10 @@ impl Committer {
                 actual,
             });
         }
+        let bytes = p.buf.len() as u64;
+        self.admit(g, class, n as u64, bytes)?;
 
-        // Place and encode.
-        let first_version = st.map_or(0, |s| s.next_version);
-        let node = &self.sh.cfg.node_id;
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut bytes = 0u64;
-        for (i, e) in events.iter_mut().enumerate() {
-            let pos = self.next_pos + i as u64;
-            e.stream = stream.to_string();
-            e.version = first_version + i as u64;
-            e.position = pos;
-            if e.origin_node.is_empty() {
-                e.origin_node.clone_from(node);
-                e.origin_seq = pos;
-            }
-            if e.time_seconds == 0 && e.time_nanos == 0 {
-                e.time_seconds = now.div_euclid(1_000_000_000);
-                e.time_nanos = now.rem_euclid(1_000_000_000) as u32;
-            }
-            let buf = e.encode_to_vec();
-            if buf.len() > self.sh.cfg.max_event_bytes {
-                return Err(Error::EventTooLarge {
-                    id: e.id.clone(),
-                    size: buf.len(),
-                    limit: self.sh.cfg.max_event_bytes,
-                });
-            }
-            bytes += buf.len() as u64;
-            payloads.push(buf);
-        }
-        self.admit(g, class, payloads.len() as u64, bytes)?;
-
-        // Commit to the in-memory state (undone by `reload` if the write fails).
+        // Place the events (undone by `reload` if the write fails).
         let st = match st {
             Some(s) => s,
             None => {
@@ -525,24 +633,23 @@ impl Committer {
             }
         };
         let class_id = self.sh.classes[class].id;
-        let mut positions = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        for (e, payload) in events.iter().zip(&payloads) {
-            g.push_event(class_id, e.position, payload);
-            let chunk = g
-                .chunks
-                .entry(st.sid)
-                .or_insert_with(|| (e.version, Vec::new()));
-            chunk.1.push(e.position);
-            let h = self.hasher.hash_one((st.sid, e.id.as_str()));
-            self.dedupe.insert(h, e.position, e.version);
-            g.staged.insert(e.position, e.id.clone());
-            positions.push(e.position);
-            versions.push(e.version);
+        let first_pos = self.next_pos;
+        let first_version = st.next_version;
+        let chunk = g
+            .chunks
+            .entry(st.sid)
+            .or_insert_with(|| (first_version, Vec::new()));
+        chunk.1.extend((0..n as u64).map(|i| first_pos + i));
+        for i in 0..n {
+            let pos = first_pos + i as u64;
+            let version = first_version + i as u64;
+            let (suffix, len) = codec::place_suffix(version, pos, p.local[i].then_some(pos));
+            g.push_event(class_id, pos, p.payload(i), &suffix[..len]);
+            self.dedupe.insert(p.hashes[i], pos, version);
         }
-        let n = events.len() as u64;
-        self.next_pos += n;
-        let next_version = first_version + n;
+        g.staged.extend(p.ids);
+        self.next_pos += n as u64;
+        let next_version = first_version + n as u64;
         self.cache_stream(
             stream,
             StreamSt {
@@ -553,14 +660,14 @@ impl Committer {
         if !self.sh.cfg.destinations.is_empty() {
             let mut ob = self.sh.outbox.lock();
             let rt = &mut ob.classes[class];
-            rt.pending_events += n;
+            rt.pending_events += n as u64;
             rt.pending_bytes += bytes;
         }
-        Metrics::inc(&self.sh.metrics.events_appended, n);
+        Metrics::inc(&self.sh.metrics.events_appended, n as u64);
         Metrics::inc(&self.sh.metrics.bytes_appended, bytes);
         Ok(AppendResult {
-            positions,
-            versions,
+            positions: (first_pos..first_pos + n as u64).collect(),
+            versions: (first_version..next_version).collect(),
             next_expected_version: next_version - 1,
             duplicate: false,
         })
@@ -572,21 +679,22 @@ impl Committer {
         stream: &str,
         st: StreamSt,
         v: u64,
-        events: &[Event],
+        ids: &[String],
     ) -> Result<Option<AppendResult>> {
-        let n = events.len() as u64;
+        let n = ids.len() as u64;
         if v.checked_add(n).is_none_or(|last| last >= st.next_version) {
             return Ok(None);
         }
         let page = read::read_stream(
             &self.sh,
+            PositionReader::with_limit(&self.sh, self.applied),
             stream,
             crate::StreamFrom::Version(v + 1),
             crate::Direction::Forwards,
-            events.len(),
+            ids.len(),
         )?
         .events;
-        if page.len() != events.len() || page.iter().zip(events).any(|(a, b)| a.id != b.id) {
+        if page.len() != ids.len() || page.iter().zip(ids).any(|(a, b)| a.id != *b) {
             return Ok(None);
         }
         Ok(Some(duplicate_result(

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use outrider_proto::Event;
 use parking_lot::{Condvar, Mutex};
+use prost::Message;
+use std::hash::BuildHasher;
 
 use crate::clock::{Clock, SystemClock};
 use crate::codec;
@@ -17,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::outbox::OutboxState;
 use crate::recover::{self, OpenReport};
 use crate::subscription::Subscription;
-use crate::validate::validate_stream_name;
+use crate::validate::{validate_event, validate_stream_name};
 use crate::ExpectedVersion;
 
 /// The outcome of a successful append.
@@ -39,6 +41,26 @@ pub struct Snapshot {
     /// The version of the last event folded into the snapshot.
     pub version: u64,
     pub payload: Vec<u8>,
+}
+
+/// An append checked and encoded by the caller: the events' encodings (without the fields that
+/// place them, which the committer appends) and what the committer needs to check them.
+pub(crate) struct Prepared {
+    /// The encodings, back to back; event i ends at `ends[i]`.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) ends: Vec<usize>,
+    pub(crate) ids: Vec<String>,
+    /// `id_hasher` of (stream, id), for the idempotency window.
+    pub(crate) hashes: Vec<u64>,
+    /// Whether each event originates here (its origin seq is then its position).
+    pub(crate) local: Vec<bool>,
+}
+
+impl Prepared {
+    pub(crate) fn payload(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.buf[start..self.ends[i]]
+    }
 }
 
 /// A configured class with the id persisted for it in this log.
@@ -70,6 +92,13 @@ pub(crate) struct Shared {
     pub(crate) outbox: Mutex<OutboxState>,
     pub(crate) log_id: String,
     pub(crate) db_file: std::fs::File,
+    /// Hashes (stream, event id) for the idempotency window; keyed per process.
+    pub(crate) id_hasher: std::collections::hash_map::RandomState,
+    /// Set when an fsync failed: what was acknowledged can no longer be vouched for, so the log
+    /// refuses further appends until it is reopened (as PostgreSQL does after a failed fsync).
+    pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// Highest sled blob file already fdatasync'ed.
+    pub(crate) synced_blob: Mutex<u64>,
 }
 
 impl Shared {
@@ -113,36 +142,45 @@ impl Shared {
         let t = std::time::Instant::now();
         self.db.flush()?;
         self.db_file.sync_data()?;
-        sync_blobs(&self.cfg.dir)?;
+        self.sync_blobs()?;
         self.metrics.fsync_seconds.observe(t.elapsed());
         Metrics::inc(&self.metrics.fsyncs, 1);
         Ok(())
     }
-}
 
-/// sled writes pages too large for its segments to `blobs/`, one file each, without fsync.
-fn sync_blobs(dir: &std::path::Path) -> Result<()> {
-    let blobs = dir.join("blobs");
-    let rd = match std::fs::read_dir(&blobs) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut any = false;
-    for entry in rd {
-        let entry = entry?;
-        match std::fs::File::open(entry.path()) {
-            Ok(f) => f.sync_data()?,
-            // sled may remove a blob between listing and opening it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+    /// sled writes pages too large for its segments to `blobs/`, one file per page named by its
+    /// log sequence number, without fsync. Sync the ones written since the last call.
+    fn sync_blobs(&self) -> Result<()> {
+        let blobs = self.cfg.dir.join("blobs");
+        let rd = match std::fs::read_dir(&blobs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
+        };
+        let mut synced = self.synced_blob.lock();
+        let mut newest = *synced;
+        for entry in rd {
+            let entry = entry?;
+            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if lsn <= *synced {
+                continue;
+            }
+            match std::fs::File::open(entry.path()) {
+                Ok(f) => f.sync_data()?,
+                // sled may remove a blob between listing and opening it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            newest = newest.max(lsn);
         }
-        any = true;
+        if newest > *synced {
+            std::fs::File::open(&blobs)?.sync_all()?;
+            *synced = newest;
+        }
+        Ok(())
     }
-    if any {
-        std::fs::File::open(&blobs)?.sync_all()?;
-    }
-    Ok(())
 }
 
 struct Inner {
@@ -232,6 +270,9 @@ impl Log {
             outbox: Mutex::new(OutboxState::default()),
             log_id: opened.log_id,
             db_file: opened.db_file,
+            id_hasher: Default::default(),
+            failed: Default::default(),
+            synced_blob: Mutex::new(0),
             cfg,
         });
         *shared.outbox.lock() = OutboxState::load(&shared)?;
@@ -305,19 +346,77 @@ impl Log {
             .collect()
     }
 
-    fn prepare_append(&self, stream: &str, events: &[Event], class: Option<&str>) -> Result<usize> {
+    /// Checks and encodes an append on the caller's thread, so the committer only places it.
+    fn prepare_append(
+        &self,
+        stream: &str,
+        mut events: Vec<Event>,
+        class: Option<&str>,
+    ) -> Result<(usize, Prepared)> {
+        let sh = &self.inner.shared;
         validate_stream_name(stream)?;
         if events.is_empty() {
             return Err(Error::EmptyAppend);
         }
-        let limit = self.inner.shared.cfg.max_events_per_append;
+        let limit = sh.cfg.max_events_per_append;
         if events.len() > limit {
             return Err(Error::TooManyEvents {
                 count: events.len(),
                 limit,
             });
         }
-        self.inner.shared.class_index(class)
+        let class = sh.class_index(class)?;
+        let now = sh.clock.now_unix_nanos();
+        let mut p = Prepared {
+            buf: Vec::new(),
+            ends: Vec::with_capacity(events.len()),
+            ids: Vec::with_capacity(events.len()),
+            hashes: Vec::with_capacity(events.len()),
+            local: Vec::with_capacity(events.len()),
+        };
+        for e in &mut events {
+            if e.id.is_empty() {
+                e.id = uuid::Uuid::now_v7().to_string();
+            }
+            validate_event(e)?;
+            e.stream.clear();
+            e.stream.push_str(stream);
+            // The committer appends these (see codec::place_suffix).
+            e.version = 0;
+            e.position = 0;
+            let local = e.origin_node.is_empty();
+            if local {
+                e.origin_node.clone_from(&sh.cfg.node_id);
+                e.origin_seq = 0;
+            }
+            if e.time_seconds == 0 && e.time_nanos == 0 {
+                e.time_seconds = now.div_euclid(1_000_000_000);
+                e.time_nanos = now.rem_euclid(1_000_000_000) as u32;
+            }
+            let size = e.encoded_len() + codec::MAX_PLACE_SUFFIX;
+            if size > sh.cfg.max_event_bytes {
+                return Err(Error::EventTooLarge {
+                    id: std::mem::take(&mut e.id),
+                    size,
+                    limit: sh.cfg.max_event_bytes,
+                });
+            }
+            p.local.push(local);
+        }
+        let total: usize = events.iter().map(|e| e.encoded_len()).sum();
+        p.buf.reserve(total);
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        for e in events {
+            if !seen.insert(sh.id_hasher.hash_one(e.id.as_str())) && p.ids.contains(&e.id) {
+                return Err(Error::DuplicateIdInRequest { id: e.id });
+            }
+            // Encoding into a Vec cannot fail: it grows as needed.
+            let _ = e.encode(&mut p.buf);
+            p.ends.push(p.buf.len());
+            p.hashes.push(sh.id_hasher.hash_one((stream, e.id.as_str())));
+            p.ids.push(e.id);
+        }
+        Ok((class, p))
     }
 
     fn count_error<T>(&self, r: Result<T>) -> Result<T> {
@@ -341,14 +440,14 @@ impl Log {
         class: Option<&str>,
     ) -> Result<AppendResult> {
         let r = (|| {
-            let class = self.prepare_append(stream, &events, class)?;
+            let (class, prepared) = self.prepare_append(stream, events, class)?;
             let (reply, rx) = flume::bounded(1);
             self.inner
                 .tx
                 .send(Request::Append {
                     stream: stream.to_string(),
                     expected,
-                    events,
+                    prepared,
                     class,
                     reply,
                 })
@@ -366,7 +465,7 @@ impl Log {
         events: Vec<Event>,
         class: Option<&str>,
     ) -> Result<AppendResult> {
-        let class = match self.prepare_append(stream, &events, class) {
+        let (class, prepared) = match self.prepare_append(stream, events, class) {
             Ok(c) => c,
             Err(e) => return self.count_error(Err(e)),
         };
@@ -377,7 +476,7 @@ impl Log {
             .send_async(Request::Append {
                 stream: stream.to_string(),
                 expected,
-                events,
+                prepared,
                 class,
                 reply,
             })

@@ -66,17 +66,30 @@ pub(crate) fn decode_event(pos: u64, payload: &[u8]) -> Result<Event> {
 /// Finds events by position, keeping the last record it read.
 pub(crate) struct PositionReader<'a> {
     sh: &'a Shared,
+    /// Positions at or past this are not visible to this reader.
+    limit: u64,
     cached: Option<(u64, u64, sled::IVec)>,
 }
 
 impl<'a> PositionReader<'a> {
+    /// A reader of committed (published) positions.
     pub(crate) fn new(sh: &'a Shared) -> Self {
-        Self { sh, cached: None }
+        Self::with_limit(sh, sh.head.load(Ordering::Acquire))
+    }
+
+    /// A reader of positions below `limit` (the committer reads what it applied, before the
+    /// syncer publishes it).
+    pub(crate) fn with_limit(sh: &'a Shared, limit: u64) -> Self {
+        Self {
+            sh,
+            limit,
+            cached: None,
+        }
     }
 
     /// The event at `pos`, or `None` if it was reclaimed or never committed.
     pub(crate) fn get(&mut self, pos: u64) -> Result<Option<Event>> {
-        if pos >= self.sh.head.load(Ordering::Acquire) {
+        if pos >= self.limit {
             return Ok(None);
         }
         let hit = matches!(&self.cached, Some((first, end, _)) if (*first..*end).contains(&pos));
@@ -113,7 +126,8 @@ impl Log {
     /// Reads up to `max` events of the whole log in position order, from `from` (or the first
     /// retained position after it).
     pub fn read_all(&self, from: u64, max: usize) -> Result<Vec<Event>> {
-        let mut out = Vec::new();
+        let available = self.head().saturating_sub(from);
+        let mut out = Vec::with_capacity(usize::try_from(available).unwrap_or(max).min(max).min(4096));
         scan_log(self.shared(), from, |_, payload, pos| {
             out.push(decode_event(pos, payload)?);
             Ok(out.len() < max)
@@ -129,13 +143,15 @@ impl Log {
         direction: Direction,
         max: usize,
     ) -> Result<ReadStream> {
-        read_stream(self.shared(), stream, from, direction, max)
+        let sh = self.shared();
+        read_stream(sh, PositionReader::new(sh), stream, from, direction, max)
     }
 }
 
 /// Reads up to `max` events of one stream (see [`Log::read_stream`]).
 pub(crate) fn read_stream(
     sh: &Shared,
+    mut reader: PositionReader<'_>,
     stream: &str,
     from: StreamFrom,
     direction: Direction,
@@ -148,7 +164,6 @@ pub(crate) fn read_stream(
                 end: true,
             });
         };
-        let mut reader = PositionReader::new(sh);
         let mut out = ReadStream::default();
         match direction {
             Direction::Forwards => {

@@ -337,7 +337,7 @@ fn truncate(
         let mut w = RecordWriter::new(commit_ms);
         let mut entries = [ClassEntry::default(); 32];
         for (class, payload) in &intact {
-            w.push(*class, payload);
+            w.push(*class, &[payload]);
             let e = &mut entries[usize::from(*class)];
             e.count += 1;
             e.bytes += payload.len() as u64;
