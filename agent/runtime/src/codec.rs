@@ -497,12 +497,19 @@ mod tests {
             origin_node: "n".into(),
             ..Default::default()
         };
-        for (v, p, o) in [(0, 0, None), (1, 300, Some(300)), (u64::MAX, u64::MAX - 1, Some(u64::MAX))] {
+        for (v, p, o) in [
+            (0, 0, None),
+            (1, 300, Some(300)),
+            (u64::MAX, u64::MAX - 1, Some(u64::MAX)),
+        ] {
             let mut bytes = base.encode_to_vec();
             let (suf, n) = place_suffix(v, p, o);
             bytes.extend_from_slice(&suf[..n]);
             let e = outrider_proto::Event::decode(bytes.as_slice()).unwrap();
-            assert_eq!((e.version, e.position, e.origin_seq), (v, p, o.unwrap_or(0)));
+            assert_eq!(
+                (e.version, e.position, e.origin_seq),
+                (v, p, o.unwrap_or(0))
+            );
             assert_eq!(e.id, "x");
         }
     }
@@ -529,7 +536,11 @@ pub(crate) const MAX_PLACE_SUFFIX: usize = 33;
 /// Encodes the fields that place an event in the log, to be appended to its encoding (which was
 /// made with them at their default of zero, so they are absent there). Protobuf decoders accept
 /// fields in any order; zero values are omitted as proto3 does.
-pub(crate) fn place_suffix(version: u64, position: u64, origin_seq: Option<u64>) -> ([u8; MAX_PLACE_SUFFIX], usize) {
+pub(crate) fn place_suffix(
+    version: u64,
+    position: u64,
+    origin_seq: Option<u64>,
+) -> ([u8; MAX_PLACE_SUFFIX], usize) {
     let mut out = [0u8; MAX_PLACE_SUFFIX];
     let mut n = 0;
     for (tag, v) in [

@@ -200,7 +200,12 @@ impl Group {
         }
         let commit_ms = self.commit_ms;
         let (_, w, entries, mask) = self.record.get_or_insert_with(|| {
-            (pos, RecordWriter::new(commit_ms), [ClassEntry::default(); 32], 0)
+            (
+                pos,
+                RecordWriter::new(commit_ms),
+                [ClassEntry::default(); 32],
+                0,
+            )
         });
         w.push(class, &[payload, suffix]);
         let e = &mut entries[usize::from(class)];
@@ -453,7 +458,10 @@ impl Committer {
         g.finish_record();
         let chunks = std::mem::take(&mut g.chunks);
         for (sid, (first, positions)) in chunks {
-            g.insert(codec::chunk_key(sid, first), codec::encode_chunk(&positions));
+            g.insert(
+                codec::chunk_key(sid, first),
+                codec::encode_chunk(&positions),
+            );
         }
         if g.writes == 0 {
             for reply in g.replies {

@@ -161,7 +161,11 @@ impl Shared {
         let mut newest = *synced;
         for entry in rd {
             let entry = entry?;
-            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             if lsn <= *synced {
@@ -413,7 +417,8 @@ impl Log {
             // Encoding into a Vec cannot fail: it grows as needed.
             let _ = e.encode(&mut p.buf);
             p.ends.push(p.buf.len());
-            p.hashes.push(sh.id_hasher.hash_one((stream, e.id.as_str())));
+            p.hashes
+                .push(sh.id_hasher.hash_one((stream, e.id.as_str())));
             p.ids.push(e.id);
         }
         Ok((class, p))

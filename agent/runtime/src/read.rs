@@ -127,7 +127,8 @@ impl Log {
     /// retained position after it).
     pub fn read_all(&self, from: u64, max: usize) -> Result<Vec<Event>> {
         let available = self.head().saturating_sub(from);
-        let mut out = Vec::with_capacity(usize::try_from(available).unwrap_or(max).min(max).min(4096));
+        let mut out =
+            Vec::with_capacity(usize::try_from(available).unwrap_or(max).min(max).min(4096));
         scan_log(self.shared(), from, |_, payload, pos| {
             out.push(decode_event(pos, payload)?);
             Ok(out.len() < max)
