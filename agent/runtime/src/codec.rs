@@ -443,6 +443,46 @@ pub(crate) fn decode_snapshot(b: &[u8]) -> Result<(u64, Vec<u8>)> {
     Ok((le_u64(b, 0).ok_or_else(bad)?, b[8..body_len].to_vec()))
 }
 
+/// Protobuf tags of the envelope fields the committer appends to a client's encoding
+/// (`version` = 11, `position` = 12, `origin_seq` = 14; varint wire type).
+const TAG_VERSION: u8 = 11 << 3;
+const TAG_POSITION: u8 = 12 << 3;
+const TAG_ORIGIN_SEQ: u8 = 14 << 3;
+/// Longest suffix [`place_suffix`] writes: three one-byte tags and three 10-byte varints.
+pub(crate) const MAX_PLACE_SUFFIX: usize = 33;
+
+/// Encodes the fields that place an event in the log, to be appended to its encoding (which was
+/// made with them at their default of zero, so they are absent there). Protobuf decoders accept
+/// fields in any order; zero values are omitted as proto3 does.
+pub(crate) fn place_suffix(
+    version: u64,
+    position: u64,
+    origin_seq: Option<u64>,
+) -> ([u8; MAX_PLACE_SUFFIX], usize) {
+    let mut out = [0u8; MAX_PLACE_SUFFIX];
+    let mut n = 0;
+    for (tag, v) in [
+        (TAG_VERSION, version),
+        (TAG_POSITION, position),
+        (TAG_ORIGIN_SEQ, origin_seq.unwrap_or(0)),
+    ] {
+        if v == 0 {
+            continue;
+        }
+        out[n] = tag;
+        n += 1;
+        let mut v = v;
+        while v >= 0x80 {
+            out[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        out[n] = v as u8;
+        n += 1;
+    }
+    (out, n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,44 +563,4 @@ mod tests {
         bad[1] ^= 0x10;
         assert!(decode_chunk(0, &bad).is_err());
     }
-}
-
-/// Protobuf tags of the envelope fields the committer appends to a client's encoding
-/// (`version` = 11, `position` = 12, `origin_seq` = 14; varint wire type).
-const TAG_VERSION: u8 = 11 << 3;
-const TAG_POSITION: u8 = 12 << 3;
-const TAG_ORIGIN_SEQ: u8 = 14 << 3;
-/// Longest suffix [`place_suffix`] writes: three one-byte tags and three 10-byte varints.
-pub(crate) const MAX_PLACE_SUFFIX: usize = 33;
-
-/// Encodes the fields that place an event in the log, to be appended to its encoding (which was
-/// made with them at their default of zero, so they are absent there). Protobuf decoders accept
-/// fields in any order; zero values are omitted as proto3 does.
-pub(crate) fn place_suffix(
-    version: u64,
-    position: u64,
-    origin_seq: Option<u64>,
-) -> ([u8; MAX_PLACE_SUFFIX], usize) {
-    let mut out = [0u8; MAX_PLACE_SUFFIX];
-    let mut n = 0;
-    for (tag, v) in [
-        (TAG_VERSION, version),
-        (TAG_POSITION, position),
-        (TAG_ORIGIN_SEQ, origin_seq.unwrap_or(0)),
-    ] {
-        if v == 0 {
-            continue;
-        }
-        out[n] = tag;
-        n += 1;
-        let mut v = v;
-        while v >= 0x80 {
-            out[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        out[n] = v as u8;
-        n += 1;
-    }
-    (out, n)
 }
