@@ -877,7 +877,8 @@ impl Committer {
         }
         if new_start > report.start {
             for stream in touched.keys() {
-                let Some((sid, _)) = read::stream_info(&self.sh, stream)? else {
+                let Some((sid, _)) = read::stream_info_below(&self.sh, stream, self.applied)?
+                else {
                     continue;
                 };
                 let mut chunks = self.sh.db.scan_prefix(codec::chunk_prefix(sid)).peekable();

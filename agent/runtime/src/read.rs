@@ -35,14 +35,33 @@ pub struct ReadStream {
     pub end: bool,
 }
 
-/// (stream id, next version) of a stream, or `None` if it does not exist.
-pub(crate) fn stream_info(sh: &Shared, name: &str) -> Result<Option<(u64, u64)>> {
+/// (stream id, next version) of a stream as far as positions below `limit` go, or `None` if it
+/// has no event there. (The committer's chunks for a group being synced are already in sled;
+/// readers must not count them before the group is published.)
+pub(crate) fn stream_info_below(sh: &Shared, name: &str, limit: u64) -> Result<Option<(u64, u64)>> {
     let Some(sid) = sh.db.get(codec::stream_key(name))? else {
         return Ok(None);
     };
     let sid =
         codec::be_u64(&sid).ok_or_else(|| Error::Storage(format!("stream {name:?}: bad id")))?;
-    Ok(last_chunk(sh, sid)?.map(|(first, positions)| (sid, first + positions.len() as u64)))
+    // Versions increase with positions, so the visible part of a stream is a prefix.
+    for kv in sh.db.scan_prefix(codec::chunk_prefix(sid)).rev() {
+        let (k, v) = kv?;
+        let first = codec::be_u64(&k[9..]).unwrap_or(0);
+        let visible = codec::decode_chunk(first, &v)?
+            .iter()
+            .take_while(|p| **p < limit)
+            .count();
+        if visible > 0 {
+            return Ok(Some((sid, first + visible as u64)));
+        }
+    }
+    Ok(None)
+}
+
+/// [`stream_info_below`] the published head: what readers may see.
+pub(crate) fn stream_info(sh: &Shared, name: &str) -> Result<Option<(u64, u64)>> {
+    stream_info_below(sh, name, sh.head.load(Ordering::Acquire))
 }
 
 /// The stream's last index chunk: (first version, positions).
