@@ -1,15 +1,18 @@
 //! The command line: `outrider [--agent URL] <command>`.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use outrider_runtime::ExpectedVersion;
 
+use crate::certs;
+
 /// Default address of the agent's gRPC API.
 pub const DEFAULT_AGENT: &str = "http://127.0.0.1:7400";
 
 /// Operate an Outrider edge agent: append and read events, follow the log, check the agent's
-/// status, and inspect a log directory offline.
+/// status, inspect a log directory offline, and make certificates for mTLS.
 #[derive(Debug, Parser)]
 #[command(name = "outrider", version, propagate_version = true)]
 pub struct Cli {
@@ -32,6 +35,10 @@ pub enum Command {
     /// Work on a log data directory offline (the agent must not be running on it).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Make certificates for mTLS between agents and the cloud: a private CA with the cloud
+    /// server's certificate, and node client certificates (for on-prem and development).
+    #[command(subcommand)]
+    Certs(CertsCommand),
 }
 
 /// `outrider events ...`.
@@ -51,6 +58,67 @@ pub enum LogCommand {
     /// Summarise a log directory (streams, sizes, outbox cursors) after verifying every checksum;
     /// exits 1 if corruption was found.
     Inspect(InspectArgs),
+}
+
+/// `outrider certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA (ca.pem, ca-key.pem) and a server certificate signed by it (server.pem,
+    /// server-key.pem) in DIR.
+    Init(CertsInitArgs),
+    /// Issue node NODE a client certificate (NODE.pem, NODE-key.pem) signed by the CA in DIR; the
+    /// node's identity is the certificate's URI urn:outrider:node:NODE.
+    Issue(CertsIssueArgs),
+}
+
+/// `outrider certs init`.
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    /// Directory to write to; created with mode 0700 if missing.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// DNS name of the server certificate (repeat for more).
+    #[arg(long = "server-name", value_name = "NAME", default_values_t = [String::from("localhost")])]
+    pub server_names: Vec<String>,
+
+    /// IP address of the server certificate (repeat for more).
+    #[arg(long = "ip", value_name = "IP", default_values_t = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)])]
+    pub ips: Vec<IpAddr>,
+
+    /// Validity of the server certificate in days (the CA's is 3650).
+    #[arg(long, value_name = "N", default_value_t = certs::DEFAULT_SERVER_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::CA_DAYS)))]
+    pub days: u32,
+
+    /// Overwrite existing files. This makes a new CA: certificates issued by the old one stop
+    /// being trusted.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `outrider certs issue`.
+#[derive(Debug, Args)]
+pub struct CertsIssueArgs {
+    /// The node's name: 1 to 128 characters of A-Z a-z 0-9 . _ -
+    #[arg(value_parser = parse_node_name)]
+    pub node: String,
+
+    /// Directory of the CA (ca.pem, ca-key.pem), as made by `outrider certs init`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Validity in days.
+    #[arg(long, value_name = "N", default_value_t = certs::DEFAULT_NODE_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
+
+    /// Directory to write NODE.pem and NODE-key.pem to (default: DIR); created with mode 0700
+    /// if missing.
+    #[arg(long, value_name = "OUT")]
+    pub out_dir: Option<PathBuf>,
+
+    /// Overwrite an existing certificate and key of this node.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `outrider events put`.
@@ -160,6 +228,13 @@ pub fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
             .map(ExpectedVersion::Exact)
             .map_err(|_| format!("{s:?} is not any, no-stream, exists or a version number")),
     }
+}
+
+/// Checks a node name (see [`certs::validate_node_name`]).
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    certs::validate_node_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
