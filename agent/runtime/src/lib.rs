@@ -34,6 +34,7 @@ pub mod outbox;
 mod read;
 mod recover;
 mod subscription;
+pub mod sync;
 mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
