@@ -13,6 +13,7 @@
 //! | `K` name | class id assigned to a class name |
 //! | `P` sid | the stream's latest snapshot |
 //! | `G` name | log metadata (next stream id, log id, reclaimed-through position) |
+//! | `W` name | a checkpoint (u64), moved atomically with appends |
 //!
 //! Integers in keys are big-endian so that sled's byte order is numeric order.
 
@@ -27,6 +28,7 @@ pub(crate) const CLASS_STATE: u8 = b'D';
 pub(crate) const CLASS_ID: u8 = b'K';
 pub(crate) const SNAPSHOT: u8 = b'P';
 
+pub(crate) const CHECKPOINT: u8 = b'W';
 pub(crate) const META_NEXT_SID: &[u8] = b"Gnext_sid";
 pub(crate) const META_LOG_ID: &[u8] = b"Glog_id";
 pub(crate) const META_RECLAIMED: &[u8] = b"Greclaimed";
@@ -91,6 +93,13 @@ pub(crate) fn class_state_key(class: u8) -> [u8; 2] {
 pub(crate) fn class_id_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(CLASS_ID);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn checkpoint_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(CHECKPOINT);
     k.extend_from_slice(name.as_bytes());
     k
 }

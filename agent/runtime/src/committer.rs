@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use crate::codec::{self, ClassEntry, RecordWriter, EVENT_HEADER_LEN};
 use crate::config::{Durability, FullPolicy};
 use crate::error::{Error, Result};
-use crate::log::{AppendResult, Prepared, Shared};
+use crate::log::{AppendResult, Checkpoint, Prepared, Shared};
 use crate::metrics::Metrics;
 use crate::outbox::{entries_from, MaintainReport, OutboxState};
 use crate::read::{self, PositionReader};
@@ -39,11 +39,14 @@ const SYNC_QUEUE: usize = 64;
 
 pub(crate) enum Request {
     Append {
-        stream: String,
-        expected: ExpectedVersion,
-        prepared: Prepared,
+        appends: Vec<(String, ExpectedVersion, Prepared)>,
         class: usize,
-        reply: flume::Sender<Result<AppendResult>>,
+        checkpoint: Option<Checkpoint>,
+        reply: flume::Sender<Result<Vec<AppendResult>>>,
+    },
+    Checkpoints {
+        prefix: String,
+        reply: flume::Sender<Result<Vec<(String, u64)>>>,
     },
     Ack {
         dest: usize,
@@ -63,8 +66,15 @@ pub(crate) enum Request {
 }
 
 enum Reply {
-    Append(flume::Sender<Result<AppendResult>>, Result<AppendResult>),
+    Append(
+        flume::Sender<Result<Vec<AppendResult>>>,
+        Result<Vec<AppendResult>>,
+    ),
     Ack(flume::Sender<Result<()>>, Result<()>),
+    Checkpoints(
+        flume::Sender<Result<Vec<(String, u64)>>>,
+        Result<Vec<(String, u64)>>,
+    ),
 }
 
 impl Reply {
@@ -82,6 +92,13 @@ impl Reply {
             Reply::Ack(tx, r) => {
                 let r = match (failure, r) {
                     (Some(e), Ok(())) => Err(fail(e)),
+                    (_, r) => r,
+                };
+                let _ = tx.send(r);
+            }
+            Reply::Checkpoints(tx, r) => {
+                let r = match (failure, r) {
+                    (Some(e), Ok(_)) => Err(fail(e)),
                     (_, r) => r,
                 };
                 let _ = tx.send(r);
@@ -316,8 +333,18 @@ pub(crate) struct Committer {
     applied: u64,
     next_sid: u64,
     streams: HashMap<String, StreamSt>,
+    /// Checkpoint values as staged (backed by sled; evicted wholesale when full).
+    checkpoints: HashMap<String, Option<u64>>,
     dedupe: Dedupe,
     syncer: Option<Syncer>,
+}
+
+/// What checking one stream's append found.
+enum Checked {
+    /// Every event is already in the stream: nothing to write.
+    Duplicate(AppendResult),
+    /// Place the events; `None` means the stream is created.
+    Place(Option<StreamSt>),
 }
 
 impl Committer {
@@ -332,6 +359,7 @@ impl Committer {
             applied: head,
             next_sid,
             streams: HashMap::new(),
+            checkpoints: HashMap::new(),
             dedupe: Dedupe::new(sh.cfg.dedupe_window),
             syncer,
             sh,
@@ -391,6 +419,10 @@ impl Committer {
                     }
                     let _ = reply.send(r);
                 }
+                Some(Request::Checkpoints { prefix, reply }) => {
+                    let r = self.read_checkpoints(&prefix);
+                    self.reply_when_durable(Reply::Checkpoints(reply, r));
+                }
                 Some(Request::Close { reply }) => {
                     let _ = reply.send(self.close());
                     return;
@@ -412,6 +444,37 @@ impl Committer {
         }
     }
 
+    /// Checkpoints as applied so far.
+    fn read_checkpoints(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.sh.db.scan_prefix(codec::checkpoint_key(prefix)) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            let v = codec::be_u64(&v)
+                .ok_or_else(|| Error::Storage(format!("checkpoint {name:?} is corrupt")))?;
+            out.push((name, v));
+        }
+        Ok(out)
+    }
+
+    /// Sends a reply once everything applied so far is durable (sync mode), or now.
+    fn reply_when_durable(&self, reply: Reply) {
+        match &self.syncer {
+            Some(s) => {
+                let msg = SyncMsg::Group {
+                    end: self.applied,
+                    replies: vec![reply],
+                };
+                if let Err(flume::SendError(SyncMsg::Group { replies, .. })) = s.tx.send(msg) {
+                    for reply in replies {
+                        reply.send(Some(&Error::Closed));
+                    }
+                }
+            }
+            None => reply.send(None),
+        }
+    }
+
     fn close(&mut self) -> Result<()> {
         let r = self.make_durable();
         if let Some(s) = self.syncer.take() {
@@ -425,13 +488,12 @@ impl Committer {
     fn handle(&mut self, req: Request, g: &mut Group) -> Option<Request> {
         match req {
             Request::Append {
-                stream,
-                expected,
-                prepared,
+                appends,
                 class,
+                checkpoint,
                 reply,
             } => {
-                let r = self.stage_append(g, &stream, expected, prepared, class);
+                let r = self.stage_batch(g, appends, class, checkpoint);
                 if r.is_err() {
                     // Nothing of a refused append is in the group: answer at once.
                     Reply::Append(reply, r).send(None);
@@ -480,11 +542,14 @@ impl Committer {
         }
         self.applied = self.next_pos;
         Metrics::inc(&self.sh.metrics.commit_groups, 1);
-        let appended = g
+        let appended: usize = g
             .replies
             .iter()
-            .filter(|r| matches!(r, Reply::Append(_, Ok(a)) if !a.duplicate))
-            .count();
+            .map(|r| match r {
+                Reply::Append(_, Ok(rs)) => rs.iter().filter(|a| !a.duplicate).count(),
+                _ => 0,
+            })
+            .sum();
         Metrics::inc(&self.sh.metrics.appends, appended as u64);
         match &self.syncer {
             Some(s) => {
@@ -510,6 +575,7 @@ impl Committer {
     /// Drops all cached state and reads it again from disk.
     fn reload(&mut self) {
         self.streams.clear();
+        self.checkpoints.clear();
         self.dedupe.clear();
         self.next_pos = self.applied;
         match self.sh.db.get(codec::META_NEXT_SID) {
@@ -573,24 +639,85 @@ impl Committer {
             .map(|_| (pos, version)))
     }
 
-    fn stage_append(
+    /// Stages an atomic batch: every stream's append is checked first, then all are placed, so a
+    /// refusal of any leaves the group untouched.
+    fn stage_batch(
         &mut self,
         g: &mut Group,
-        stream: &str,
-        expected: ExpectedVersion,
-        p: Prepared,
+        appends: Vec<(String, ExpectedVersion, Prepared)>,
         class: usize,
-    ) -> Result<AppendResult> {
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<AppendResult>> {
         if self.sh.failed.load(Ordering::Acquire) {
             return Err(Error::Storage(
                 "the log failed an earlier fsync and refuses appends; reopen it".into(),
             ));
         }
+        let mut checked = Vec::with_capacity(appends.len());
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (stream, expected, p) in &appends {
+            let c = self.check_one(g, stream, *expected, p)?;
+            if matches!(c, Checked::Place(_)) {
+                n += p.ids.len() as u64;
+                bytes += p.buf.len() as u64;
+            }
+            checked.push(c);
+        }
+        if let Some(cp) = &checkpoint {
+            let actual = self.checkpoint_value(&cp.name)?;
+            if actual != cp.expected {
+                return Err(Error::CheckpointConflict {
+                    name: cp.name.clone(),
+                    expected: cp.expected,
+                    actual,
+                });
+            }
+        }
+        if n > 0 {
+            self.admit(g, class, n, bytes)?;
+        }
+        let mut results = Vec::with_capacity(appends.len());
+        for ((stream, _, p), c) in appends.into_iter().zip(checked) {
+            results.push(match c {
+                Checked::Duplicate(r) => r,
+                Checked::Place(st) => self.place_one(g, &stream, st, p, class),
+            });
+        }
+        if let Some(cp) = checkpoint {
+            g.insert(codec::checkpoint_key(&cp.name), cp.new.to_be_bytes());
+            if self.checkpoints.len() >= STREAM_CACHE {
+                self.checkpoints.clear();
+            }
+            self.checkpoints.insert(cp.name, Some(cp.new));
+        }
+        Ok(results)
+    }
+
+    fn checkpoint_value(&mut self, name: &str) -> Result<Option<u64>> {
+        if let Some(v) = self.checkpoints.get(name) {
+            return Ok(*v);
+        }
+        let v = match self.sh.db.get(codec::checkpoint_key(name))? {
+            Some(v) => Some(
+                codec::be_u64(&v)
+                    .ok_or_else(|| Error::Storage(format!("checkpoint {name:?} is corrupt")))?,
+            ),
+            None => None,
+        };
+        Ok(v)
+    }
+
+    /// Checks one stream's append: an idempotent retry, or the expected version.
+    fn check_one(
+        &mut self,
+        g: &Group,
+        stream: &str,
+        expected: ExpectedVersion,
+        p: &Prepared,
+    ) -> Result<Checked> {
         let st = self.stream_state(stream)?;
         let actual = st.and_then(|s| s.next_version.checked_sub(1));
         let n = p.ids.len();
-
-        // Idempotent retry?
         if let Some(st) = st {
             let mut found = Vec::with_capacity(n);
             for (h, id) in p.hashes.iter().zip(&p.ids) {
@@ -599,7 +726,10 @@ impl Committer {
             let hits = found.iter().filter(|f| f.is_some()).count();
             if hits == n {
                 Metrics::inc(&self.sh.metrics.duplicate_appends, 1);
-                return Ok(duplicate_result(found.into_iter().flatten(), st));
+                return Ok(Checked::Duplicate(duplicate_result(
+                    found.into_iter().flatten(),
+                    st,
+                )));
             }
             if hits > 0 {
                 let i = found.iter().position(Option::is_some).unwrap_or(0);
@@ -611,7 +741,7 @@ impl Committer {
             if let ExpectedVersion::Exact(v) = expected {
                 if let Some(r) = self.exact_retry(stream, st, v, &p.ids)? {
                     Metrics::inc(&self.sh.metrics.duplicate_appends, 1);
-                    return Ok(r);
+                    return Ok(Checked::Duplicate(r));
                 }
             }
         }
@@ -622,10 +752,20 @@ impl Committer {
                 actual,
             });
         }
-        let bytes = p.buf.len() as u64;
-        self.admit(g, class, n as u64, bytes)?;
+        Ok(Checked::Place(st))
+    }
 
-        // Place the events (undone by `reload` if the write fails).
+    /// Places a checked append's events (undone by `reload` if the write fails).
+    fn place_one(
+        &mut self,
+        g: &mut Group,
+        stream: &str,
+        st: Option<StreamSt>,
+        p: Prepared,
+        class: usize,
+    ) -> AppendResult {
+        let n = p.ids.len();
+        let bytes = p.buf.len() as u64;
         let st = match st {
             Some(s) => s,
             None => {
@@ -673,12 +813,12 @@ impl Committer {
         }
         Metrics::inc(&self.sh.metrics.events_appended, n as u64);
         Metrics::inc(&self.sh.metrics.bytes_appended, bytes);
-        Ok(AppendResult {
+        AppendResult {
             positions: (first_pos..first_pos + n as u64).collect(),
             versions: (first_version..next_version).collect(),
             next_expected_version: next_version - 1,
             duplicate: false,
-        })
+        }
     }
 
     /// An `Exact(v)` append whose events already sit at versions v+1.. is a retry: return them.

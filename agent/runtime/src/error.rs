@@ -45,6 +45,13 @@ pub enum Error {
     /// Two events in one append share an id.
     #[error("event id {id:?} appears twice in one append")]
     DuplicateIdInRequest { id: String },
+    /// A checkpoint did not have the value an append expected.
+    #[error("checkpoint {name:?}: expected {expected:?}, actual {actual:?}")]
+    CheckpointConflict {
+        name: String,
+        expected: Option<u64>,
+        actual: Option<u64>,
+    },
     /// Some, but not all, events of an append are already in the stream: not a clean retry.
     #[error(
         "event {id:?} is already in stream {stream:?} but other events of the same append are not"

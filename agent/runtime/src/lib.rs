@@ -40,7 +40,7 @@ mod validate;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ClassConfig, Durability, FullPolicy, LogConfig, VerifyOnOpen};
 pub use error::{Error, Result};
-pub use log::{AppendResult, Log, Snapshot};
+pub use log::{AppendResult, Checkpoint, Log, Snapshot, StreamAppend};
 pub use outrider_proto::Event;
 pub use read::{Direction, ReadStream, StreamFrom};
 pub use recover::{CorruptRecord, OpenReport};

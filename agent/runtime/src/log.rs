@@ -35,6 +35,40 @@ pub struct AppendResult {
     pub duplicate: bool,
 }
 
+/// One stream's part of [`Log::append_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<Event>,
+}
+
+/// A compare-and-set of a named durable checkpoint, committed atomically with an append
+/// (e.g. a sync watermark, or a consumer's position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub name: String,
+    /// The value the checkpoint must have now (`None`: it must not exist).
+    pub expected: Option<u64>,
+    pub new: u64,
+}
+
+/// Checkpoint names are 1..=512 bytes without control characters.
+fn validate_checkpoint_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 512 || name.chars().any(char::is_control) {
+        return Err(Error::InvalidEvent {
+            id: String::new(),
+            field: "checkpoint name",
+            reason: "must be 1..=512 bytes without control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+fn first(r: Result<Vec<AppendResult>>) -> Result<AppendResult> {
+    r?.into_iter().next().ok_or(Error::EmptyAppend)
+}
+
 /// A stream's latest snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -351,12 +385,7 @@ impl Log {
     }
 
     /// Checks and encodes an append on the caller's thread, so the committer only places it.
-    fn prepare_append(
-        &self,
-        stream: &str,
-        mut events: Vec<Event>,
-        class: Option<&str>,
-    ) -> Result<(usize, Prepared)> {
+    fn prepare_append(&self, stream: &str, mut events: Vec<Event>) -> Result<Prepared> {
         let sh = &self.inner.shared;
         validate_stream_name(stream)?;
         if events.is_empty() {
@@ -369,7 +398,6 @@ impl Log {
                 limit,
             });
         }
-        let class = sh.class_index(class)?;
         let now = sh.clock.now_unix_nanos();
         let mut p = Prepared {
             buf: Vec::new(),
@@ -421,7 +449,7 @@ impl Log {
                 .push(sh.id_hasher.hash_one((stream, e.id.as_str())));
             p.ids.push(e.id);
         }
-        Ok((class, p))
+        Ok(p)
     }
 
     fn count_error<T>(&self, r: Result<T>) -> Result<T> {
@@ -444,22 +472,12 @@ impl Log {
         events: Vec<Event>,
         class: Option<&str>,
     ) -> Result<AppendResult> {
-        let r = (|| {
-            let (class, prepared) = self.prepare_append(stream, events, class)?;
-            let (reply, rx) = flume::bounded(1);
-            self.inner
-                .tx
-                .send(Request::Append {
-                    stream: stream.to_string(),
-                    expected,
-                    prepared,
-                    class,
-                    reply,
-                })
-                .map_err(|_| Error::Closed)?;
-            rx.recv().map_err(|_| Error::Closed)?
-        })();
-        self.count_error(r)
+        let one = StreamAppend {
+            stream: stream.to_string(),
+            expected,
+            events,
+        };
+        first(self.append_batch(vec![one], class, None))
     }
 
     /// [`Log::append`] for async callers: waits without blocking the executor.
@@ -470,27 +488,107 @@ impl Log {
         events: Vec<Event>,
         class: Option<&str>,
     ) -> Result<AppendResult> {
-        let (class, prepared) = match self.prepare_append(stream, events, class) {
-            Ok(c) => c,
+        let one = StreamAppend {
+            stream: stream.to_string(),
+            expected,
+            events,
+        };
+        first(self.append_batch_async(vec![one], class, None).await)
+    }
+
+    /// Appends to several distinct streams and, optionally, moves a checkpoint, in one atomic
+    /// commit: either every append and the checkpoint are written, or nothing is. Each stream is
+    /// checked against its expected version and for idempotent retries as in [`Log::append`];
+    /// the checkpoint is a compare-and-set ([`Error::CheckpointConflict`] when it differs).
+    pub fn append_batch(
+        &self,
+        appends: Vec<StreamAppend>,
+        class: Option<&str>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<AppendResult>> {
+        let r = (|| {
+            let (reply, rx) = flume::bounded(1);
+            let req = self.prepare_batch(appends, class, checkpoint, reply)?;
+            self.inner.tx.send(req).map_err(|_| Error::Closed)?;
+            rx.recv().map_err(|_| Error::Closed)?
+        })();
+        self.count_error(r)
+    }
+
+    /// [`Log::append_batch`] for async callers.
+    pub async fn append_batch_async(
+        &self,
+        appends: Vec<StreamAppend>,
+        class: Option<&str>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<AppendResult>> {
+        let (reply, rx) = flume::bounded(1);
+        let req = match self.prepare_batch(appends, class, checkpoint, reply) {
+            Ok(req) => req,
             Err(e) => return self.count_error(Err(e)),
         };
-        let (reply, rx) = flume::bounded(1);
-        let sent = self
-            .inner
-            .tx
-            .send_async(Request::Append {
-                stream: stream.to_string(),
-                expected,
-                prepared,
-                class,
-                reply,
-            })
-            .await;
-        let r = match sent {
+        let r = match self.inner.tx.send_async(req).await {
             Ok(()) => rx.recv_async().await.unwrap_or(Err(Error::Closed)),
             Err(_) => Err(Error::Closed),
         };
         self.count_error(r)
+    }
+
+    fn prepare_batch(
+        &self,
+        appends: Vec<StreamAppend>,
+        class: Option<&str>,
+        checkpoint: Option<Checkpoint>,
+        reply: flume::Sender<Result<Vec<AppendResult>>>,
+    ) -> Result<Request> {
+        if appends.is_empty() {
+            return Err(Error::EmptyAppend);
+        }
+        if let Some(cp) = &checkpoint {
+            validate_checkpoint_name(&cp.name)?;
+        }
+        let class = self.inner.shared.class_index(class)?;
+        let mut prepared = Vec::with_capacity(appends.len());
+        for a in appends {
+            if prepared.iter().any(|(s, _, _)| *s == a.stream) {
+                return Err(Error::InvalidStreamName {
+                    name: a.stream,
+                    reason: "appears twice in one batch",
+                });
+            }
+            let p = self.prepare_append(&a.stream, a.events)?;
+            prepared.push((a.stream, a.expected, p));
+        }
+        Ok(Request::Append {
+            appends: prepared,
+            class,
+            checkpoint,
+            reply,
+        })
+    }
+
+    /// The committed value of a checkpoint (see [`Log::append_batch`]).
+    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self
+            .checkpoints(name)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v))
+    }
+
+    /// Committed checkpoints whose names start with `prefix`. In sync mode the answer waits until
+    /// everything committed before it is durable, so a checkpoint is never reported ahead of the
+    /// events committed with it.
+    pub fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = prefix.to_string();
+        self.call(|reply| Request::Checkpoints { prefix, reply })
+    }
+
+    /// [`Log::checkpoints`] for async callers.
+    pub async fn checkpoints_async(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = prefix.to_string();
+        self.call_async(|reply| Request::Checkpoints { prefix, reply })
+            .await
     }
 
     fn call<T>(&self, make: impl FnOnce(flume::Sender<Result<T>>) -> Request) -> Result<T> {

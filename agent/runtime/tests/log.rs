@@ -455,3 +455,116 @@ fn closed_log_refuses_calls() {
         Err(Error::Closed)
     ));
 }
+
+#[test]
+fn batch_appends_and_checkpoint_are_all_or_nothing() {
+    use outrider_runtime::{Checkpoint, StreamAppend};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let batch = |a: &str, b: &str, expected: Option<u64>, new: u64| {
+        (
+            vec![
+                StreamAppend {
+                    stream: "n1/orders".into(),
+                    expected: EV::Any,
+                    events: vec![ev(a, json!({}))],
+                },
+                StreamAppend {
+                    stream: "n1/stock".into(),
+                    expected: EV::Any,
+                    events: vec![ev(b, json!({}))],
+                },
+            ],
+            Some(Checkpoint {
+                name: "wm/n1".into(),
+                expected,
+                new,
+            }),
+        )
+    };
+    let (appends, cp) = batch("a1", "b1", None, 10);
+    let r = log.append_batch(appends, None, cp).unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].positions[0], r[1].positions[0]), (0, 1));
+    assert_eq!(log.checkpoint("wm/n1").unwrap(), Some(10));
+
+    // A stale checkpoint refuses the whole batch: nothing is written.
+    let (appends, cp) = batch("a2", "b2", Some(3), 20);
+    match log.append_batch(appends, None, cp) {
+        Err(Error::CheckpointConflict { actual, .. }) => assert_eq!(actual, Some(10)),
+        other => panic!("expected a checkpoint conflict, got {other:?}"),
+    }
+    // So does a version conflict on one of the streams.
+    let mut appends = batch("a3", "b3", Some(10), 20).0;
+    appends[1].expected = EV::NoStream;
+    assert!(matches!(
+        log.append_batch(appends, None, batch("", "", Some(10), 20).1),
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+    assert_eq!(log.head(), 2);
+    assert_eq!(log.checkpoint("wm/n1").unwrap(), Some(10));
+
+    let (appends, cp) = batch("a4", "b4", Some(10), 20);
+    log.append_batch(appends, None, cp).unwrap();
+    assert_eq!(log.head(), 4);
+    log.append_batch(
+        vec![StreamAppend {
+            stream: "other".into(),
+            expected: EV::Any,
+            events: vec![ev("o", json!({}))],
+        }],
+        None,
+        Some(Checkpoint {
+            name: "wm/n2".into(),
+            expected: None,
+            new: 1,
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        log.checkpoints("wm/").unwrap(),
+        vec![("wm/n1".to_string(), 20), ("wm/n2".to_string(), 1)]
+    );
+    // Checkpoints survive a restart.
+    log.close().unwrap();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.checkpoint("wm/n1").unwrap(), Some(20));
+    // The same stream twice in one batch is refused.
+    let twice = vec![
+        StreamAppend {
+            stream: "s".into(),
+            expected: EV::Any,
+            events: vec![ev("x", json!({}))],
+        },
+        StreamAppend {
+            stream: "s".into(),
+            expected: EV::Any,
+            events: vec![ev("y", json!({}))],
+        },
+    ];
+    assert!(matches!(
+        log.append_batch(twice, None, None),
+        Err(Error::InvalidStreamName { .. })
+    ));
+}
+
+#[test]
+fn relayed_events_keep_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut e = ev("r1", json!({}));
+    e.origin_node = "edge-7".into();
+    e.origin_seq = 4242;
+    log.append("edge-7/s", EV::Any, vec![e, ev("own", json!({}))], None)
+        .unwrap();
+    let all = log.read_all(0, 10).unwrap();
+    assert_eq!(
+        (all[0].origin_node.as_str(), all[0].origin_seq),
+        ("edge-7", 4242)
+    );
+    assert_eq!(
+        (all[1].origin_node.as_str(), all[1].origin_seq),
+        ("local", 1)
+    );
+}
