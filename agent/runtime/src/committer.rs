@@ -13,7 +13,7 @@
 //! disk, which the atomic batch left as it was before the group. If an fsync fails, the log is
 //! marked failed and refuses appends until reopened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -983,7 +983,7 @@ impl Committer {
             .load(Ordering::Acquire)
             .min(self.sh.head.load(Ordering::Acquire));
         let mut new_start = report.start;
-        let mut touched: HashMap<String, ()> = HashMap::new();
+        let mut touched: HashSet<String> = HashSet::new();
         for kv in self
             .sh
             .db
@@ -1003,7 +1003,7 @@ impl Committer {
             for raw in it {
                 let raw = raw?;
                 let e = read::decode_event(raw.position, raw.payload)?;
-                touched.insert(e.stream, ());
+                touched.insert(e.stream);
             }
             batch.remove(k);
             for c in 0..32u8 {
@@ -1016,7 +1016,7 @@ impl Committer {
             new_start = end;
         }
         if new_start > report.start {
-            for stream in touched.keys() {
+            for stream in &touched {
                 let Some((sid, _)) = read::stream_info_below(&self.sh, stream, self.applied)?
                 else {
                     continue;
