@@ -97,6 +97,9 @@ pub struct AgentConfig {
     pub outbox: OutboxSection,
     /// `[logging]`: the agent's own diagnostics.
     pub logging: LoggingSection,
+    /// `[sync]`: streaming the outbox to the cloud. Absent: no sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncSection>,
 }
 
 impl Default for AgentConfig {
@@ -108,6 +111,7 @@ impl Default for AgentConfig {
             log: LogSection::default(),
             outbox: OutboxSection::default(),
             logging: LoggingSection::default(),
+            sync: None,
         }
     }
 }
@@ -307,6 +311,119 @@ impl Default for LoggingSection {
     }
 }
 
+/// `sync.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncTransport {
+    /// gRPC bidirectional streaming over TCP (HTTP/2). QUIC comes later.
+    #[default]
+    Grpc,
+}
+
+/// `[sync.tls]`: the node's client certificate and the CA that signed the cloud's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [sync.tls] table")]
+pub struct SyncTlsSection {
+    /// The CA certificate (PEM) the cloud's server certificate must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), naming it as `urn:outrider:node:NODE`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[sync]`: the outbox destination streamed to the cloud.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a [sync] table")]
+pub struct SyncSection {
+    /// The cloud's ingest endpoint: `https://host:port` (`http://` only with `insecure`).
+    pub cloud_url: String,
+    /// The outbox destination synced (default `cloud`); added to `outbox.destinations` if missing.
+    pub destination: String,
+    /// `grpc` (default). QUIC is not implemented yet.
+    pub transport: SyncTransport,
+    /// Plain text without a client certificate (development only; logged loudly at start).
+    pub insecure: bool,
+    /// mTLS files; required unless `insecure = true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SyncTlsSection>,
+    /// Give up a connection attempt (TCP + TLS + HTTP/2) after this long, in ms (default 10000).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        Self {
+            cloud_url: String::new(),
+            destination: "cloud".into(),
+            transport: SyncTransport::Grpc,
+            insecure: false,
+            tls: None,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl SyncSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let scheme = self
+            .cloud_url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
+        match (scheme.as_deref(), self.insecure) {
+            (None, _) | (Some(""), _) => {
+                return Err(ConfigError::invalid(
+                    "sync.cloud_url",
+                    format!(
+                        "{:?} is not a URL such as \"https://cloud.example.com:7443\"",
+                        self.cloud_url
+                    ),
+                ))
+            }
+            (Some("https"), false) | (Some("http"), true) => {}
+            (Some("http"), false) => return Err(ConfigError::invalid(
+                "sync.cloud_url",
+                "http:// is plain text: use https://, or set sync.insecure = true for development",
+            )),
+            (Some("https"), true) => {
+                return Err(ConfigError::invalid(
+                    "sync.cloud_url",
+                    "sync.insecure = true speaks plain text: use http://",
+                ))
+            }
+            (Some(other), _) => {
+                return Err(ConfigError::invalid(
+                    "sync.cloud_url",
+                    format!("unsupported scheme {other:?} (https, or http with insecure)"),
+                ))
+            }
+        }
+        if self.cloud_url.parse::<tonic::transport::Uri>().is_err() {
+            return Err(ConfigError::invalid(
+                "sync.cloud_url",
+                format!("{:?} is not a valid URL", self.cloud_url),
+            ));
+        }
+        if self.destination.is_empty() {
+            return Err(ConfigError::invalid(
+                "sync.destination",
+                "must not be empty",
+            ));
+        }
+        match (&self.tls, self.insecure) {
+            (None, false) => Err(ConfigError::invalid(
+                "sync.tls",
+                "required: ca, cert and key (or sync.insecure = true for development)",
+            )),
+            (Some(_), true) => Err(ConfigError::invalid(
+                "sync.tls",
+                "set either [sync.tls] or sync.insecure = true, not both",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A size in bytes, written as `"64MiB"`, `"1GiB"`, `"10MB"` or a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -483,6 +600,9 @@ impl AgentConfig {
     /// logging filter, and distinct listen addresses.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.log_config()?;
+        if let Some(sync) = &self.sync {
+            sync.validate()?;
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
             return Err(ConfigError::invalid(
                 "logging.level",
@@ -529,6 +649,11 @@ impl AgentConfig {
             .collect();
         c.default_class = self.outbox.default_class.clone();
         c.destinations = self.outbox.destinations.clone();
+        if let Some(sync) = &self.sync {
+            if !c.destinations.contains(&sync.destination) {
+                c.destinations.push(sync.destination.clone());
+            }
+        }
         c.validate().map_err(|e| match e {
             // The runtime's configuration errors read "<key>: <problem>".
             outrider_runtime::Error::Config(m) => match m.split_once(": ") {

@@ -32,6 +32,8 @@ pub struct Running {
     grpc: ServerTask<tonic::transport::Error>,
     metrics: ServerTask<std::io::Error>,
     maintenance: Option<JoinHandle<()>>,
+    /// The sync task, when `[sync]` is configured.
+    sync: Option<crate::sync::SyncTask>,
 }
 
 impl Running {
@@ -48,6 +50,11 @@ impl Running {
     /// The open log.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The sync task's status, when `[sync]` is configured.
+    pub fn sync_status(&self) -> Option<watch::Receiver<crate::sync::SyncStatus>> {
+        self.sync.as_ref().map(|t| t.status.clone())
     }
 
     /// Resolves if a server stops on its own (which only an error makes it do) and says why.
@@ -94,6 +101,12 @@ impl Running {
         if let Some(h) = self.maintenance.take() {
             h.abort();
             let _ = h.await;
+        }
+        if let Some(mut h) = self.sync.take().map(|t| t.handle) {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut h).await.is_err() {
+                tracing::warn!("the sync task did not stop in time; cutting it off");
+                h.abort();
+            }
         }
         drain("gRPC server", self.grpc.take()).await;
         drain("metrics server", self.metrics.take()).await;
@@ -188,6 +201,19 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Before serving: a bad [sync] setting (e.g. an unreadable TLS file) stops the start.
+    let sync = match &cfg.sync {
+        Some(sync_cfg) => Some(
+            crate::sync::spawn(
+                log.clone(),
+                cfg.node_id.clone(),
+                sync_cfg.clone(),
+                stopped.clone(),
+            )
+            .context("cannot start sync")?,
+        ),
+        None => None,
+    };
     let service = AgentService::new(log.clone(), stopped.clone()).into_server();
     let incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -219,6 +245,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
         grpc: Some(grpc),
         metrics: Some(metrics),
         maintenance: Some(maintenance),
+        sync,
     })
 }
 

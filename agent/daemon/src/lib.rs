@@ -9,6 +9,7 @@
 //! * [`metrics`]: Prometheus text at `GET /metrics`, and `GET /healthz`.
 //! * [`daemon`]: [`start`] / [`run`]: open the log, serve, maintain, shut down gracefully.
 //! * [`logging`]: the agent's own `tracing` output.
+//! * [`sync`]: streaming the outbox to the cloud over gRPC with mTLS, when `[sync]` is set.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -26,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod sync;
 
 pub use config::{AgentConfig, ConfigError};
 pub use daemon::{run, start, Running};

@@ -1,0 +1,142 @@
+//! `outrider-cloud --config FILE`: the cloud server. For now it serves the sync ingest endpoint
+//! over the runtime's log (sled) as the cloud store.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"
+//! data_dir = "./data/cloud"
+//! [tls]                     # mTLS: the node id comes from the client certificate
+//! ca = "certs/ca.pem"
+//! cert = "certs/server.pem"
+//! key = "certs/server-key.pem"
+//! # or, for development only (plain text, node id from the Hello, loud warning at start):
+//! # insecure = true
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use outrider_ingest::{LogStore, Security, ServerConfig, TlsFiles};
+use outrider_runtime::Log;
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "outrider-cloud", version, about = "The Outrider cloud server")]
+struct Args {
+    /// The configuration file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+/// The server's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudConfig {
+    /// The sync ingest endpoint's address.
+    listen: SocketAddr,
+    /// Where the cloud store (the runtime's log) lives.
+    data_dir: PathBuf,
+    /// mTLS files; required unless `insecure = true`.
+    #[serde(default)]
+    tls: Option<TlsSection>,
+    /// Plain text without authentication (development only).
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl CloudConfig {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg: CloudConfig =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn security(&self) -> anyhow::Result<Security> {
+        match (&self.tls, self.insecure) {
+            (Some(_), true) => bail!("tls: set either [tls] or insecure = true, not both"),
+            (None, false) => bail!("tls: required (or insecure = true for development)"),
+            (None, true) => Ok(Security::Insecure),
+            (Some(t), false) => Ok(Security::Mtls(TlsFiles {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            })),
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cfg = CloudConfig::load(&args.config)?;
+    let security = cfg.security()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(run(cfg, security))
+}
+
+async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
+    let log_cfg = outrider_ingest::store::cloud_log_config(&cfg.data_dir);
+    let dir = cfg.data_dir.clone();
+    let (log, report) = tokio::task::spawn_blocking(move || Log::open(log_cfg))
+        .await
+        .context("opening the store: task failed")?
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    if let Some(c) = &report.corrupt {
+        tracing::warn!(position = c.position, reason = %c.reason, "STORE CORRUPTION FOUND: cut back to the intact prefix");
+    }
+    tracing::info!(data_dir = %cfg.data_dir.display(), head = report.head, "store opened");
+    let server = outrider_ingest::Server::bind(ServerConfig::new(cfg.listen, security)).await?;
+    let result = server
+        .run(LogStore::new(log.clone()), async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await;
+    let closed = tokio::task::spawn_blocking(move || log.close())
+        .await
+        .context("closing the store: task failed")?;
+    result?;
+    closed.context("closing the store")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_needs_tls_or_insecure() {
+        let parse = |s: &str| toml::from_str::<CloudConfig>(s).unwrap();
+        let c = parse("listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\n");
+        assert!(c.security().is_err());
+        let c = parse("listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\ninsecure = true\n");
+        assert_eq!(c.security().unwrap(), Security::Insecure);
+        let c = parse(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        );
+        assert!(matches!(c.security().unwrap(), Security::Mtls(_)));
+        assert!(toml::from_str::<CloudConfig>("listen = \"x\"\ndata_dir = \"d\"\n").is_err());
+        let example = parse(include_str!("../cloud.example.toml"));
+        assert!(matches!(example.security().unwrap(), Security::Mtls(_)));
+    }
+}
