@@ -39,6 +39,9 @@ pub enum Command {
     /// server's certificate, and node client certificates (for on-prem and development).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Event-bus tools (offline): test an EventBridge event pattern against an event.
+    #[command(subcommand)]
+    Bus(crate::bus::BusCommand),
 }
 
 /// `outrider events ...`.

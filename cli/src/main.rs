@@ -4,6 +4,7 @@
 //! 2 for a bad command line. gRPC errors print as `error: <CODE>: <message>`.
 
 mod args;
+mod bus;
 mod certs;
 mod client;
 mod events;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         // Offline and blocking: no async runtime.
         Command::Log(LogCommand::Inspect(args)) => inspect::run(&args),
         Command::Certs(command) => certs::run(&command),
+        Command::Bus(command) => bus::run(&command),
         Command::Events(EventsCommand::Put(a)) => online(events::put(agent, a)),
         Command::Events(EventsCommand::Read(a)) => online(events::read(agent, a)),
         Command::Events(EventsCommand::Tail(a)) => online(events::tail(agent, a)),

@@ -31,6 +31,7 @@ pub mod inspect;
 mod log;
 pub mod metrics;
 pub mod outbox;
+pub mod pattern;
 mod read;
 mod recover;
 mod subscription;

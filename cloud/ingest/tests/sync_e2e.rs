@@ -617,9 +617,10 @@ async fn exactly_once_across_network_cuts() {
     let mut positions = Vec::new();
     let mut cuts = 0;
     for round in 0..8u64 {
+        // Count before appending: the agent may sync the whole round before we look again.
+        let have = cloud.events_of("gw-1").len();
         positions.extend(append(&log, round * 1000, 200).await);
         // Cut once the agent is connected again and the cloud holds part of this round.
-        let have = cloud.events_of("gw-1").len();
         wait_until("progress before the cut", || {
             cloud.events_of("gw-1").len() > have
         })
