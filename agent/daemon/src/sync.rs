@@ -198,19 +198,18 @@ async fn reserve(
     }
 }
 
-/// Notifies `tx` (coalescing) whenever the log commits new events.
+/// Notifies `tx` (coalescing) whenever the log's head moves or more of it becomes durable.
 async fn watch_outbox(log: Log, tx: mpsc::Sender<()>, mut stopped: watch::Receiver<bool>) {
-    let mut sub = log.subscribe(log.head(), None);
+    let mut head = log.watch_head();
     loop {
         tokio::select! {
             () = wait_stop(&mut stopped) => return,
-            b = sub.next_batch(4096) => match b {
-                Ok(b) if !b.events.is_empty() => {
-                    let _ = tx.try_send(());
+            changed = head.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                Ok(_) => {}
-                Err(_) => return,
-            },
+                let _ = tx.try_send(());
+            }
         }
     }
 }

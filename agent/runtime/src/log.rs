@@ -359,6 +359,12 @@ impl Log {
         self.inner.shared.durable.load(Ordering::Acquire)
     }
 
+    /// A watch that changes whenever the visible head moves or more of the log becomes durable:
+    /// a cheap way to learn that the outbox may have more to hand out, without reading events.
+    pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.head_tx.subscribe()
+    }
+
     /// The first retained position; earlier positions were reclaimed after delivery.
     pub fn start(&self) -> u64 {
         self.inner.shared.start.load(Ordering::Acquire)
