@@ -25,14 +25,15 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use time::{Duration, OffsetDateTime};
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{parse_x509_certificate, X509Certificate};
 
 use crate::args::CertsCommand;
 
-/// Prefix of the URI subject alternative name that names a node in its client certificate:
-/// the node `gw-7` is `urn:outrider:node:gw-7`. This is the node identity the cloud trusts.
-pub const NODE_URI_PREFIX: &str = "urn:outrider:node:";
+#[cfg(test)]
+use outrider_ingest::identity::MAX_NODE_NAME_LEN;
+/// The node identity rules are the cloud's own (`outrider_ingest::identity`): the prefix of the
+/// URI subject alternative name that names a node (`urn:outrider:node:gw-7`) and the longest name.
+pub use outrider_ingest::identity::NODE_URI_PREFIX;
 
 /// The CA certificate's file name in the CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -49,8 +50,6 @@ pub const CA_DAYS: u32 = 3650;
 pub const DEFAULT_SERVER_DAYS: u32 = 825;
 /// Default validity of a node certificate, in days.
 pub const DEFAULT_NODE_DAYS: u32 = 825;
-/// Longest node name, in characters.
-pub const MAX_NODE_NAME_LEN: usize = 128;
 
 /// How far back certificates' validity starts, to tolerate clocks that run a little behind.
 const BACKDATE: Duration = Duration::hours(1);
@@ -60,16 +59,9 @@ const PRIVATE_FILE_MODE: u32 = 0o600;
 const PUBLIC_FILE_MODE: u32 = 0o644;
 const PRIVATE_DIR_MODE: u32 = 0o700;
 
-/// Checks a node name: 1 to [`MAX_NODE_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`.
+/// Checks a node name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
 pub fn validate_node_name(node: &str) -> Result<()> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if node.is_empty() || node.len() > MAX_NODE_NAME_LEN || !node.chars().all(allowed) {
-        bail!(
-            "invalid node name {node:?}: a node name is 1 to {MAX_NODE_NAME_LEN} characters \
-             of A-Z a-z 0-9 . _ -"
-        );
-    }
-    Ok(())
+    Ok(outrider_ingest::identity::validate_node_name(node)?)
 }
 
 /// The identity URI of a node: [`NODE_URI_PREFIX`] followed by the node name.
@@ -77,32 +69,9 @@ pub fn node_uri(node: &str) -> String {
     format!("{NODE_URI_PREFIX}{node}")
 }
 
-/// The node name carried by a node certificate (DER): the one URI subject alternative name that
-/// starts with [`NODE_URI_PREFIX`]. Fails if there is none, more than one, or the name is invalid.
-///
-/// This does not verify the certificate: call it only on a client certificate that the TLS stack
-/// has already verified against the CA.
+/// The node name carried by a verified node certificate (DER), read exactly as the cloud reads it.
 pub fn node_identity(cert_der: &[u8]) -> Result<String> {
-    let (_, cert) = parse_x509_certificate(cert_der)
-        .map_err(|e| anyhow!("the certificate cannot be parsed: {e}"))?;
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| anyhow!("the certificate's subject alternative names are malformed: {e}"))?;
-    let mut nodes = sans
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => uri.strip_prefix(NODE_URI_PREFIX),
-            _ => None,
-        });
-    let node = nodes
-        .next()
-        .ok_or_else(|| anyhow!("the certificate has no {NODE_URI_PREFIX}NODE URI"))?;
-    if nodes.next().is_some() {
-        bail!("the certificate has more than one {NODE_URI_PREFIX}NODE URI");
-    }
-    validate_node_name(node)?;
-    Ok(node.to_owned())
+    Ok(outrider_ingest::identity::node_identity(cert_der)?)
 }
 
 /// A certificate and its private key, as made by [`Ca`].

@@ -1,9 +1,8 @@
 //! A node's identity from its verified client certificate.
 //!
-//! The same rules as `outrider certs` (cli/src/certs.rs), which issues the certificates: a node
-//! certificate carries exactly one URI subject alternative name [`NODE_URI_PREFIX`]`NODE`, and a
-//! node name is 1 to [`MAX_NODE_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`. The logic is kept
-//! here (the ingest crate must not depend on the CLI binary crate); keep the two in step.
+//! A node certificate carries exactly one URI subject alternative name [`NODE_URI_PREFIX`]`NODE`,
+//! and a node name is 1 to [`MAX_NODE_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`. This is the
+//! one definition: `outrider certs` (cli/src/certs.rs), which issues the certificates, uses it.
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::parse_x509_certificate;
