@@ -42,6 +42,9 @@ pub enum Command {
     /// Event-bus tools (offline): test an EventBridge event pattern against an event.
     #[command(subcommand)]
     Bus(crate::bus::BusCommand),
+    /// Start a local cloud and a local agent together (embedded defaults, mTLS on loopback), with
+    /// a demo producer, a live status each second, and an exactly-once check at the end.
+    Dev(crate::dev::DevArgs),
 }
 
 /// `outrider events ...`.

@@ -7,6 +7,7 @@ mod args;
 mod bus;
 mod certs;
 mod client;
+mod dev;
 mod events;
 mod inspect;
 mod render;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Log(LogCommand::Inspect(args)) => inspect::run(&args),
         Command::Certs(command) => certs::run(&command),
         Command::Bus(command) => bus::run(&command),
+        Command::Dev(args) => dev::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Events(EventsCommand::Put(a)) => online(events::put(agent, a)),
         Command::Events(EventsCommand::Read(a)) => online(events::read(agent, a)),
         Command::Events(EventsCommand::Tail(a)) => online(events::tail(agent, a)),

@@ -5,6 +5,7 @@
 //!   (delivered-event JSON and PutEvents entries) and CloudEvents 1.0 JSON.
 //! * [`time`]: the RFC 3339 <-> `(seconds, nanos)` conversion they share.
 //! * [`error`]: [`ConvertError`], the error every conversion returns.
+//! * [`framing`]: length-delimited frames of the sync protocol on QUIC streams, with a size limit.
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
@@ -15,6 +16,7 @@ pub mod cloudevents;
 pub mod error;
 pub mod eventbridge;
 mod fields;
+pub mod framing;
 pub mod time;
 
 pub use error::ConvertError;

@@ -315,9 +315,14 @@ impl Default for LoggingSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncTransport {
-    /// gRPC bidirectional streaming over TCP (HTTP/2). QUIC comes later.
-    #[default]
+    /// gRPC bidirectional streaming over TCP (HTTP/2 + TLS).
     Grpc,
+    /// QUIC (UDP) to the same host and port: one bidirectional stream of length-delimited frames.
+    Quic,
+    /// QUIC, falling back to gRPC when a QUIC connection cannot be made (UDP blocked, no QUIC
+    /// listener); QUIC is tried again `quic_retry_ms` later.
+    #[default]
+    Auto,
 }
 
 /// `[sync.tls]`: the node's client certificate and the CA that signed the cloud's certificate.
@@ -336,19 +341,31 @@ pub struct SyncTlsSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a [sync] table")]
 pub struct SyncSection {
-    /// The cloud's ingest endpoint: `https://host:port` (`http://` only with `insecure`).
+    /// The cloud's ingest endpoint: `https://host:port` (`http://` only with `insecure`). gRPC
+    /// goes to TCP host:port, QUIC to UDP host:port.
     pub cloud_url: String,
     /// The outbox destination synced (default `cloud`); added to `outbox.destinations` if missing.
     pub destination: String,
-    /// `grpc` (default). QUIC is not implemented yet.
+    /// `auto` (default: QUIC, falling back to gRPC), `quic` or `grpc`.
     pub transport: SyncTransport,
-    /// Plain text without a client certificate (development only; logged loudly at start).
+    /// Development only (logged loudly at start): no client certificate, the cloud's certificate
+    /// is not verified. gRPC is then plain text; QUIC is still encrypted, but unauthenticated.
     pub insecure: bool,
     /// mTLS files; required unless `insecure = true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<SyncTlsSection>,
-    /// Give up a connection attempt (TCP + TLS + HTTP/2) after this long, in ms (default 10000).
+    /// Give up a connection attempt (gRPC: TCP + TLS + HTTP/2; QUIC: its handshake) after this
+    /// long, in ms (default 10000). With `auto`, a QUIC attempt that fails or times out is
+    /// followed at once by a gRPC attempt.
     pub connect_timeout_ms: u64,
+    /// `auto`: after QUIC failed, connect over gRPC for this long, in ms (default 300000, 1000 to
+    /// 86400000), then try QUIC again: at the next connection, and in the background while gRPC streams (the
+    /// session moves to QUIC once a QUIC handshake succeeds).
+    pub quic_retry_ms: u64,
+    /// QUIC's idle timeout, in ms (default 15000, 1000 to 600000): a connection that hears
+    /// nothing from the cloud for this long is dead. QUIC keep-alives go out every third of it,
+    /// so it may be shorter than the session's own keepalive and idle timeout.
+    pub quic_idle_timeout_ms: u64,
 }
 
 impl Default for SyncSection {
@@ -356,10 +373,12 @@ impl Default for SyncSection {
         Self {
             cloud_url: String::new(),
             destination: "cloud".into(),
-            transport: SyncTransport::Grpc,
+            transport: SyncTransport::Auto,
             insecure: false,
             tls: None,
             connect_timeout_ms: 10_000,
+            quic_retry_ms: 300_000,
+            quic_idle_timeout_ms: 15_000,
         }
     }
 }
@@ -388,7 +407,7 @@ impl SyncSection {
             (Some("https"), true) => {
                 return Err(ConfigError::invalid(
                     "sync.cloud_url",
-                    "sync.insecure = true speaks plain text: use http://",
+                    "sync.insecure = true does not authenticate the cloud: use http://",
                 ))
             }
             (Some(other), _) => {
@@ -398,16 +417,67 @@ impl SyncSection {
                 ))
             }
         }
-        if self.cloud_url.parse::<tonic::transport::Uri>().is_err() {
+        let uri = match self.cloud_url.parse::<tonic::transport::Uri>() {
+            Ok(u) => u,
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    "sync.cloud_url",
+                    format!("{:?} is not a valid URL", self.cloud_url),
+                ))
+            }
+        };
+        if uri.host().is_none_or(str::is_empty) {
             return Err(ConfigError::invalid(
                 "sync.cloud_url",
-                format!("{:?} is not a valid URL", self.cloud_url),
+                format!("{:?} names no host", self.cloud_url),
+            ));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(ConfigError::invalid(
+                "sync.cloud_url",
+                format!(
+                    "{:?}: only scheme://host:port is used; remove the path",
+                    self.cloud_url
+                ),
             ));
         }
         if self.destination.is_empty() {
             return Err(ConfigError::invalid(
                 "sync.destination",
                 "must not be empty",
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "sync.connect_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.quic_retry_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "sync.quic_retry_ms",
+                format!("{} is too short: at least 1000", self.quic_retry_ms),
+            ));
+        }
+        if self.quic_retry_ms > 86_400_000 {
+            return Err(ConfigError::invalid(
+                "sync.quic_retry_ms",
+                format!(
+                    "{} is too long: at most 86400000 (a day)",
+                    self.quic_retry_ms
+                ),
+            ));
+        }
+        if self.quic_idle_timeout_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "sync.quic_idle_timeout_ms",
+                format!("{} is too short: at least 1000", self.quic_idle_timeout_ms),
+            ));
+        }
+        if self.quic_idle_timeout_ms > 600_000 {
+            return Err(ConfigError::invalid(
+                "sync.quic_idle_timeout_ms",
+                format!("{} is too long: at most 600000", self.quic_idle_timeout_ms),
             ));
         }
         match (&self.tls, self.insecure) {
@@ -603,7 +673,7 @@ impl AgentConfig {
         if let Some(sync) = &self.sync {
             sync.validate()?;
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+        if let Err(e) = crate::logging::parse_filter(&self.logging.level) {
             return Err(ConfigError::invalid(
                 "logging.level",
                 format!("{:?} is not a valid filter: {e}", self.logging.level),

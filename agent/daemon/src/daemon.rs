@@ -223,7 +223,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
             .serve_with_incoming_shutdown(incoming, stop_signal(stopped.clone())),
     );
 
-    let app = crate::metrics::router(log.clone());
+    let app = crate::metrics::router(log.clone(), sync.as_ref().map(|t| t.status.clone()));
     let metrics_stop = stop_signal(stopped.clone());
     let metrics = tokio::spawn(async move {
         axum::serve(metrics_listener, app)
@@ -274,17 +274,37 @@ async fn maintain(log: Log, mut stopped: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        match log.maintain_async().await {
-            Ok(r) if r.expired_events > 0 || r.reclaimed_events > 0 => tracing::info!(
-                expired_events = r.expired_events,
-                reclaimed_events = r.reclaimed_events,
-                reclaimed_records = r.reclaimed_records,
-                start = r.start,
-                "outbox maintenance"
-            ),
-            Ok(_) => {}
-            Err(outrider_runtime::Error::Closed) => return,
-            Err(e) => tracing::warn!(error = %e, "outbox maintenance failed"),
+        // Bounded passes, one after another while there is more to reclaim: appends queue
+        // behind one pass at a time, never behind a whole backlog's reclaim.
+        let (mut expired, mut reclaimed, mut records) = (0, 0, 0);
+        loop {
+            match log.maintain_async().await {
+                Ok(r) => {
+                    expired += r.expired_events;
+                    reclaimed += r.reclaimed_events;
+                    records += r.reclaimed_records;
+                    if expired > 0 || reclaimed > 0 {
+                        tracing::debug!(start = r.start, more = r.more, "outbox maintenance pass");
+                    }
+                    if !r.more || *stopped.borrow() {
+                        if expired > 0 || reclaimed > 0 {
+                            tracing::info!(
+                                expired_events = expired,
+                                reclaimed_events = reclaimed,
+                                reclaimed_records = records,
+                                start = r.start,
+                                "outbox maintenance"
+                            );
+                        }
+                        break;
+                    }
+                }
+                Err(outrider_runtime::Error::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox maintenance failed");
+                    break;
+                }
+            }
         }
     }
 }

@@ -367,7 +367,9 @@ pub(crate) struct ClassEntry {
     pub(crate) count: u64,
     pub(crate) bytes: u64,
     pub(crate) commit_ms: i64,
-    /// One past the record's last position.
+    /// One past the position of the class's last event in the record (logs written before
+    /// 0.1.x's fix hold one past the record's last position: such entries release later, never
+    /// earlier, than they could).
     pub(crate) end: u64,
 }
 

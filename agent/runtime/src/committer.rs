@@ -31,7 +31,7 @@ use crate::ExpectedVersion;
 /// Records are cut at about this size so that sled pages stay inline in its segments.
 const RECORD_TARGET_BYTES: usize = 12 * 1024;
 /// Most log records reclaimed by one maintenance pass.
-const RECLAIM_RECORDS_PER_PASS: usize = 4096;
+const RECLAIM_RECORDS_PER_PASS: usize = 256;
 /// Streams whose versions are cached in memory (backed by sled; evicted wholesale when full).
 const STREAM_CACHE: usize = 65_536;
 /// Applied groups waiting for the syncer; a full queue makes the committer wait.
@@ -229,19 +229,18 @@ impl Group {
         e.count += 1;
         e.bytes += len as u64;
         e.commit_ms = commit_ms;
+        e.end = pos + 1;
         *mask |= 1 << class;
         self.bytes += len;
     }
 
     fn finish_record(&mut self) {
-        let Some((first, w, mut entries, mask)) = self.record.take() else {
+        let Some((first, w, entries, mask)) = self.record.take() else {
             return;
         };
-        let end = first + u64::from(w.count());
         self.insert(codec::log_key(first), w.finish());
-        for (class, e) in entries.iter_mut().enumerate() {
+        for (class, e) in entries.iter().enumerate() {
             if mask & (1 << class) != 0 {
-                e.end = end;
                 self.insert(codec::class_entry_key(class as u8, first), e.encode());
             }
         }
@@ -994,12 +993,23 @@ impl Committer {
             let first = codec::be_u64(&k[1..]).unwrap_or(0);
             let (h, it) = codec::RecordIter::new(first, &v)?;
             let end = first + u64::from(h.count);
-            let releasable = (0..32)
-                .filter(|c| h.class_mask & (1 << c) != 0)
-                .all(|c| end <= release[c]);
-            if end > limit || !releasable {
+            if end > limit {
                 break;
             }
+            // Each class's events in the record must be released: its last one below the
+            // class's release point (a record can hold events of several classes).
+            let mut releasable = true;
+            for raw in it {
+                let raw = raw?;
+                if raw.position >= release[usize::from(raw.class)] {
+                    releasable = false;
+                    break;
+                }
+            }
+            if !releasable {
+                break;
+            }
+            let (_, it) = codec::RecordIter::new(first, &v)?;
             for raw in it {
                 let raw = raw?;
                 let e = read::decode_event(raw.position, raw.payload)?;
@@ -1015,6 +1025,7 @@ impl Committer {
             report.reclaimed_events += u64::from(h.count);
             new_start = end;
         }
+        report.more = report.reclaimed_records == RECLAIM_RECORDS_PER_PASS as u64;
         if new_start > report.start {
             for stream in &touched {
                 let Some((sid, _)) = read::stream_info_below(&self.sh, stream, self.applied)?

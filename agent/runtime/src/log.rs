@@ -375,6 +375,11 @@ impl Log {
         self.inner.shared.streams.load(Ordering::Acquire)
     }
 
+    /// The log's clock (the one given to [`Log::open_with_clock`]).
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.shared.clock.as_ref()
+    }
+
     /// The log's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.shared.metrics

@@ -117,6 +117,9 @@ pub struct ClassStatus {
     pub expired_bytes: u64,
     /// Refused by the reject-new policy since the log opened.
     pub rejected_events: u64,
+    /// When the oldest undelivered event of the class was committed (Unix ms, the log's clock);
+    /// `None` when nothing is pending. The delivery lag in time is `now - this`.
+    pub oldest_pending_unix_ms: Option<i64>,
     /// Every class event below this was dropped.
     pub floor: u64,
     /// Per destination: next unacknowledged position.
@@ -131,6 +134,9 @@ pub struct MaintainReport {
     pub reclaimed_records: u64,
     /// The first retained position after the pass.
     pub start: u64,
+    /// The pass stopped at its per-pass limit with more to reclaim: call again. (Each pass runs
+    /// on the writer thread, so a bounded pass bounds how long appends wait behind it.)
+    pub more: bool,
 }
 
 impl Log {
@@ -150,6 +156,16 @@ impl Log {
                 expired_events: rt.state.expired_events,
                 expired_bytes: rt.state.expired_bytes,
                 rejected_events: rt.rejected_events,
+                // The record holding the oldest pending event (its commit time): one index
+                // lookup per class.
+                oldest_pending_unix_ms: if rt.pending_events == 0 {
+                    None
+                } else {
+                    entries_from(sh, meta.id, rt.release_point())
+                        .next()
+                        .and_then(|e| e.ok())
+                        .map(|(_, e)| e.commit_ms)
+                },
                 floor: rt.state.floor,
                 cursors: sh
                     .cfg

@@ -336,18 +336,18 @@ fn truncate(
     if !intact.is_empty() {
         let mut w = RecordWriter::new(commit_ms);
         let mut entries = [ClassEntry::default(); 32];
-        for (class, payload) in &intact {
+        for (i, (class, payload)) in intact.iter().enumerate() {
             w.push(*class, &[payload]);
             let e = &mut entries[usize::from(*class)];
             e.count += 1;
             e.bytes += payload.len() as u64;
             e.commit_ms = commit_ms;
+            // One past the class's last event in the record.
+            e.end = record_first + i as u64 + 1;
         }
-        let end = record_first + intact.len() as u64;
         batch.insert(&codec::log_key(record_first), w.finish());
-        for (class, e) in entries.iter_mut().enumerate() {
+        for (class, e) in entries.iter().enumerate() {
             if e.count > 0 {
-                e.end = end;
                 batch.insert(
                     &codec::class_entry_key(class as u8, record_first),
                     &e.encode()[..],

@@ -239,3 +239,93 @@ fn acknowledged_prefix_is_reclaimed() {
         .unwrap();
     assert_eq!((r.versions[0], r.positions[0]), (50, 50));
 }
+
+/// Records hold the events of every class a commit group carried. Acknowledging each class
+/// through its own last event releases them all: nothing stays pending, everything is reclaimed.
+#[test]
+fn records_shared_by_classes_are_released_by_each_class_own_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.destinations = vec!["cloud".into()];
+    c.classes = vec![
+        ClassConfig::unbounded("critical"),
+        ClassConfig::unbounded("normal"),
+    ];
+    let (log, _) = Log::open(c).unwrap();
+    // Two writers in two classes at once: the committer groups their appends, so records hold
+    // events of both classes.
+    let writers: Vec<_> = ["critical", "normal"]
+        .into_iter()
+        .map(|class| {
+            let log = log.clone();
+            std::thread::spawn(move || append_n(&log, class, 400, class))
+        })
+        .collect();
+    let mut positions: Vec<Vec<u64>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let normal = positions.pop().unwrap();
+    let critical = positions.pop().unwrap();
+    // The classes interleave in the position space (else this test would prove nothing).
+    let interleaved = critical
+        .iter()
+        .filter(|p| normal.binary_search(&(**p + 1)).is_ok())
+        .count();
+    assert!(interleaved > 0, "the writers never interleaved");
+    log.flush().unwrap();
+
+    log.ack("cloud", "critical", *critical.last().unwrap())
+        .unwrap();
+    log.ack("cloud", "normal", *normal.last().unwrap()).unwrap();
+    for class in log.outbox_status() {
+        assert_eq!(
+            (class.pending_events, class.pending_bytes),
+            (0, 0),
+            "class {} is fully acknowledged",
+            class.name
+        );
+    }
+    let mut reclaimed = 0;
+    loop {
+        let r = log.maintain().unwrap();
+        if r.reclaimed_events == 0 {
+            break;
+        }
+        reclaimed += r.reclaimed_events;
+    }
+    assert_eq!(reclaimed, 800, "every record is released");
+    assert_eq!(log.start(), log.head());
+}
+
+/// A maintenance pass reclaims a bounded number of records (it runs on the writer thread, so
+/// appends wait behind it) and says when there is more to do.
+#[test]
+fn reclaim_goes_in_bounded_passes_that_say_when_there_is_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.destinations = vec!["cloud".into()];
+    c.durability = outrider_runtime::Durability::Periodic {
+        interval: Duration::from_millis(100),
+    };
+    let (log, _) = Log::open(c).unwrap();
+    // One append at a time: one record each.
+    let ps = append_n(&log, "normal", 600, "n");
+    log.flush().unwrap();
+    log.ack("cloud", "normal", *ps.last().unwrap()).unwrap();
+    let mut passes = Vec::new();
+    loop {
+        let r = log.maintain().unwrap();
+        passes.push((r.reclaimed_records, r.more));
+        if !r.more {
+            break;
+        }
+        assert!(passes.len() < 100, "passes never end: {passes:?}");
+    }
+    let total: u64 = passes.iter().map(|p| p.0).sum();
+    assert_eq!(total, 600, "{passes:?}");
+    assert!(
+        passes.len() >= 3,
+        "600 records need several bounded passes: {passes:?}"
+    );
+    let (last, more) = *passes.last().unwrap();
+    assert!(!more && last < passes[0].0, "{passes:?}");
+    assert_eq!(log.start(), log.head());
+}

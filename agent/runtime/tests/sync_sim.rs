@@ -12,8 +12,8 @@ use outrider_proto::v1::{AgentFrame, CloudFrame};
 use outrider_proto::Event;
 use outrider_runtime::sync::rng::SplitMix64;
 use outrider_runtime::sync::{
-    AgentAction, AgentConfig, AgentSession, CloudAction, CloudConfig, CloudSession, CommitOutcome,
-    CommitRequest, LaneSpec,
+    AgentAction, AgentConfig, AgentSession, CloudAction, CloudConfig, CloudSession, CloudStats,
+    CommitOutcome, CommitRequest, LaneSpec,
 };
 
 const NODE: &str = "node-1";
@@ -81,6 +81,12 @@ impl Default for Params {
                 backoff_max_ms: 5_000,
                 retry_min_ms: 50,
                 retry_max_ms: 2_000,
+                // Events of ~60 to ~370 bytes: a good share of the batches, even single events,
+                // are compressed, so every scenario exercises both kinds.
+                compression: true,
+                compress_min_bytes: 200,
+                compress_level: 1,
+                max_kbps: 0,
             },
             cloud: CloudConfig {
                 initial_credit: 32,
@@ -91,6 +97,8 @@ impl Default for Params {
                 max_name_len: 64,
                 handshake_timeout_ms: 5_000,
                 idle_timeout_ms: 4_000,
+                max_batch_bytes: 64 * 1024,
+                compression: true,
             },
         }
     }
@@ -234,6 +242,12 @@ struct Sim {
     cloud_up_at: u64,
     produce_left: usize,
     late_critical: Option<(u64, u64)>,
+    /// (time, lane, seq) of every event the agent put in a batch frame, in send order.
+    sent: Vec<(u64, String, u64)>,
+    /// (time, lane, encoded frame size) of every batch frame the agent sent.
+    sent_batches: Vec<(u64, String, usize)>,
+    /// The stats of the cloud sessions that ended, summed.
+    cloud_totals: CloudStats,
     credit_exceeded: u64,
     steps: u64,
 }
@@ -261,6 +275,9 @@ impl Sim {
             cloud_up_at: 0,
             produce_left: p.events,
             late_critical: None,
+            sent: Vec::new(),
+            sent_batches: Vec::new(),
+            cloud_totals: CloudStats::default(),
             credit_exceeded: 0,
             steps: 0,
             p,
@@ -511,7 +528,7 @@ impl Sim {
             }
             Scheduled::Cut => {
                 if let Some(conn) = self.agent_conn {
-                    self.clouds.remove(&conn);
+                    self.retire(conn);
                     if self.rng.chance(0.5) {
                         let gen = self.agent_gen;
                         let t = self.now + self.p.delay_min;
@@ -522,7 +539,10 @@ impl Sim {
                 }
             }
             Scheduled::CloudRestart { down_ms } => {
-                self.clouds.clear();
+                let conns: Vec<u64> = self.clouds.keys().copied().collect();
+                for c in conns {
+                    self.retire(c);
+                }
                 self.cloud_up_at = self.now + down_ms;
                 // In-progress commits are either durable before the crash or lost.
                 let keys: Vec<(u64, u64)> = self
@@ -596,13 +616,20 @@ impl Sim {
                 self.at(t, Scheduled::Connect { gen, conn });
             }
             AgentAction::Send(f) => {
+                if let Some(outrider_proto::v1::agent_frame::Frame::Batch(b)) = &f.frame {
+                    for seq in batch_seqs(b) {
+                        self.sent.push((self.now, b.priority.clone(), seq));
+                    }
+                    let size = prost::Message::encoded_len(&f);
+                    self.sent_batches.push((self.now, b.priority.clone(), size));
+                }
                 if let Some(conn) = self.agent_conn {
                     self.net(Msg::ToCloud(conn, f));
                 }
             }
             AgentAction::Close => {
                 if let Some(conn) = self.agent_conn.take() {
-                    self.clouds.remove(&conn);
+                    self.retire(conn);
                 }
             }
             AgentAction::Fetch {
@@ -664,7 +691,7 @@ impl Sim {
                 self.at(t, Scheduled::Commit { conn, req });
             }
             CloudAction::Close { .. } => {
-                self.clouds.remove(&conn);
+                self.retire(conn);
                 if self.agent_conn == Some(conn) {
                     let gen = self.agent_gen;
                     let t = self.now + self.p.delay_min;
@@ -672,6 +699,22 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Ends cloud session `conn`, keeping its stats.
+    fn retire(&mut self, conn: u64) {
+        if let Some(c) = self.clouds.remove(&conn) {
+            add_stats(&mut self.cloud_totals, c.stats());
+        }
+    }
+
+    /// The stats of every cloud session, ended or not, summed.
+    fn cloud_stats(&self) -> CloudStats {
+        let mut total = self.cloud_totals.clone();
+        for c in self.clouds.values() {
+            add_stats(&mut total, c.stats());
+        }
+        total
     }
 
     fn check_step(&self) {
@@ -707,6 +750,27 @@ impl Sim {
     }
 }
 
+fn add_stats(total: &mut CloudStats, s: &CloudStats) {
+    total.batches_received += s.batches_received;
+    total.events_committed += s.events_committed;
+    total.duplicates_dropped += s.duplicates_dropped;
+    total.nacks_invalid += s.nacks_invalid;
+    total.bytes_wire += s.bytes_wire;
+    total.bytes_raw += s.bytes_raw;
+    total.batches_compressed += s.batches_compressed;
+    total.commits += s.commits;
+}
+
+/// The seqs of a batch frame's events, decompressing it if need be.
+fn batch_seqs(b: &outrider_proto::v1::Batch) -> Vec<u64> {
+    if b.compressed.is_empty() {
+        return b.events.iter().map(|e| e.position).collect();
+    }
+    let (events, _) = outrider_runtime::sync::compress::decompress_events(&b.compressed, 1 << 20)
+        .expect("the agent's compressed batches decode");
+    events.iter().map(|e| e.position).collect()
+}
+
 fn new_agent(p: &Params, outbox: &Outbox, seed: u64) -> AgentSession {
     let lanes = LANES
         .iter()
@@ -729,9 +793,53 @@ fn plain_transfer() {
     let p = Params::default();
     for seed in seeds(200) {
         let sim = run(&p, seed);
-        assert_eq!(sim.agent.stats().rewinds, 0, "seed {seed}");
+        let a = sim.agent.stats();
+        assert_eq!(a.rewinds, 0, "seed {seed}");
         assert_eq!(sim.credit_exceeded, 0);
-        assert_eq!(sim.agent.stats().handshakes, 1);
+        assert_eq!(a.handshakes, 1);
+        assert_eq!(
+            (a.reconnects, a.retransmitted_events, a.duplicates),
+            (0, 0, 0)
+        );
+        // Nothing lost: both ends saw the same batches, byte for byte, most of them compressed.
+        let c = sim.cloud_stats();
+        assert!(a.batches_compressed > 0, "seed {seed}: nothing compressed");
+        assert!(
+            a.batches_compressed < a.batches_sent,
+            "seed {seed}: all compressed"
+        );
+        assert_eq!(c.batches_received, a.batches_sent, "seed {seed}");
+        assert_eq!(c.batches_compressed, a.batches_compressed, "seed {seed}");
+        assert_eq!(c.bytes_wire, a.bytes_wire, "seed {seed}");
+        assert_eq!(c.bytes_raw, a.bytes_raw, "seed {seed}");
+        assert_eq!(c.events_committed, p.events as u64, "seed {seed}");
+        assert_eq!(c.nacks_invalid, 0);
+        assert_eq!(a.ack_latency_samples, a.batches_sent, "seed {seed}");
+        // Every lane fully acked: nothing is lagging.
+        for lag in sim.agent.lane_lag() {
+            assert_eq!(
+                (
+                    lag.in_flight_events,
+                    lag.pending_events,
+                    lag.oldest_unacked_age_ms
+                ),
+                (0, 0, None),
+                "seed {seed}: {lag:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_transfer_without_compression() {
+    let mut p = Params::default();
+    p.cloud.compression = false;
+    for seed in seeds(50) {
+        let sim = run(&p, seed);
+        let (a, c) = (sim.agent.stats(), sim.cloud_stats());
+        assert_eq!((a.batches_compressed, c.batches_compressed), (0, 0));
+        assert_eq!(a.bytes_raw, c.bytes_raw);
+        assert!(a.bytes_wire > a.bytes_raw, "frame overhead: {a:?}");
     }
 }
 
@@ -755,7 +863,8 @@ fn loss_20_percent() {
         ..Params::default()
     };
     for seed in seeds(200) {
-        run(&p, seed);
+        let sim = run(&p, seed);
+        assert!(sim.cloud_stats().batches_compressed > 0, "seed {seed}");
     }
 }
 
@@ -767,7 +876,8 @@ fn duplication() {
         ..Params::default()
     };
     for seed in seeds(200) {
-        run(&p, seed);
+        let sim = run(&p, seed);
+        assert!(sim.cloud_stats().batches_compressed > 0, "seed {seed}");
     }
 }
 
@@ -779,7 +889,8 @@ fn reordering() {
         ..Params::default()
     };
     for seed in seeds(200) {
-        run(&p, seed);
+        let sim = run(&p, seed);
+        assert!(sim.cloud_stats().batches_compressed > 0, "seed {seed}");
     }
 }
 
@@ -872,6 +983,91 @@ fn priority_critical_overtakes_bulk_backlog() {
     }
 }
 
+/// The agent's bandwidth cap in a whole simulated transfer: all events there at once, so the
+/// transfer is paced from the first batch to the last.
+#[test]
+fn bandwidth_cap_paces_the_transfer() {
+    let mut p = Params {
+        produce_over_ms: 0,
+        ..Params::default()
+    };
+    p.agent.max_kbps = 64; // 8 bytes per ms: a 2 KiB batch every ~250 ms
+    for seed in seeds(20) {
+        let sim = run(&p, seed);
+        let a = sim.agent.stats();
+        let rate = p.agent.max_kbps; // bits per ms
+        let burst = (rate * 100).max(p.agent.max_batch_bytes as u64 * 8);
+        let charged = (a.bytes_wire + a.bytes_control) * 8;
+        let last_bits = a.last_batch_bytes * 8;
+        let (t_last, _, last_size) = sim.sent_batches.last().cloned().expect("batches sent");
+        assert_eq!(last_size as u64 * 8, last_bits);
+        // The bucket was never in debt when a batch went: everything charged before the last
+        // batch, less the burst, was earned at the rate by then.
+        let lower = (charged - last_bits).saturating_sub(burst) / rate;
+        // And it went as soon as it could, but for the handshake (connect, Hello, watermarks,
+        // Welcome: the bucket is full meanwhile, so that time earns nothing), the first outbox
+        // read (at most 2 ms) and rounding up to the ms.
+        let slack = 4 * p.delay_min + p.store_delay_max + 2 + 1;
+        let upper = lower + slack;
+        assert!(
+            (lower..=upper).contains(&t_last),
+            "seed {seed}: last batch at {t_last} ms, expected {lower}..={upper} ({a:?})"
+        );
+        // Nearly all of that time the cap was holding batches back.
+        assert!(a.throttle_holds > 0 && a.throttled_ms <= t_last);
+        assert!(a.throttled_ms * 10 >= t_last * 9, "seed {seed}: {a:?}");
+        assert!(a.batches_compressed > 0);
+    }
+}
+
+/// Under the cap, a critical event appended behind a bulk backlog goes with the next batch the
+/// bucket allows: at most one bulk batch (the one whose debt it waits for) goes in between.
+#[test]
+fn priority_critical_overtakes_bulk_backlog_under_bandwidth_cap() {
+    let mut p = Params {
+        events: 600,
+        produce_over_ms: 0,
+        lane_weights: [0, 0, 1],
+        late_critical_at: Some(1_500),
+        ..Params::default()
+    };
+    p.agent.max_kbps = 64;
+    for seed in seeds(50) {
+        let sim = run(&p, seed);
+        let (appended_at, crit) = sim.late_critical.expect("critical produced");
+        let &(sent_at, _, _) = sim
+            .sent
+            .iter()
+            .find(|(_, l, s)| l == "critical" && *s == crit)
+            .expect("critical sent");
+        let max_batch_bits = sim.sent_batches.iter().map(|b| b.2).max().unwrap_or(0) as u64 * 8;
+        let fetch_latency = 2; // the simulated outbox answers within 2 ms
+        let bound = appended_at + fetch_latency + max_batch_bits.div_ceil(p.agent.max_kbps);
+        assert!(
+            sent_at <= bound,
+            "seed {seed}: critical appended at {appended_at} sent at {sent_at} (bound {bound})"
+        );
+        let bulk_between = sim
+            .sent_batches
+            .iter()
+            .filter(|(t, l, _)| l == "bulk" && *t >= appended_at && *t <= sent_at)
+            .count();
+        assert!(
+            bulk_between <= 1,
+            "seed {seed}: {bulk_between} bulk batches between"
+        );
+        let bulk_after = sim
+            .sent
+            .iter()
+            .filter(|(t, l, _)| l == "bulk" && *t > sent_at)
+            .count();
+        assert!(
+            bulk_after > 0,
+            "seed {seed}: the backlog was gone before the critical event"
+        );
+    }
+}
+
 #[test]
 fn everything_at_once() {
     let p = Params {
@@ -886,7 +1082,8 @@ fn everything_at_once() {
         ..Params::default()
     };
     for seed in seeds(200) {
-        run(&p, seed);
+        let sim = run(&p, seed);
+        assert!(sim.cloud_stats().batches_compressed > 0, "seed {seed}");
     }
 }
 
@@ -910,6 +1107,10 @@ mod prop {
             batch in 1usize..40,
             batch_bytes in 1usize..4_000,
             credit in 1u32..100,
+            compress_min in 0usize..2_000,
+            agent_zstd in any::<bool>(),
+            cloud_zstd in any::<bool>(),
+            kbps in prop_oneof![Just(0u64), 16u64..2_000],
         ) {
             let mut p = Params {
                 events, loss, dup, delay_jitter: jitter, store_fail, cuts, cloud_restarts,
@@ -919,7 +1120,14 @@ mod prop {
             p.agent.max_batch_bytes = batch_bytes;
             p.cloud.initial_credit = credit;
             p.cloud.min_credit = 1;
-            run(&p, seed);
+            p.agent.compress_min_bytes = compress_min;
+            p.agent.compression = agent_zstd;
+            p.cloud.compression = cloud_zstd;
+            p.agent.max_kbps = kbps;
+            let sim = run(&p, seed);
+            let compressed = sim.cloud_stats().batches_compressed;
+            prop_assert!(agent_zstd && cloud_zstd || compressed == 0);
+            prop_assert_eq!(sim.cloud_stats().nacks_invalid, 0);
         }
     }
 }

@@ -1,12 +1,16 @@
-//! The ingest server: binds, accepts TCP connections, does the mTLS handshake itself (tokio-rustls,
-//! ring), and serves the tonic `Sync` service over the accepted streams.
+//! The ingest server: binds TCP (gRPC) and, unless disabled, UDP (QUIC) on the same address and
+//! port, and serves both transports with one set of sessions, store and counters.
+//!
+//! * TCP: accepts connections, does the mTLS handshake itself (tokio-rustls, ring), and serves
+//!   the tonic `Sync` service ([`crate::grpc`]) over the accepted streams.
+//! * UDP: a quinn endpoint ([`crate::quic`]) with the same mTLS rules.
 //!
 //! A connection without a client certificate signed by the CA fails the TLS handshake and is
-//! dropped: nothing of it reaches gRPC, so no application data is read. A verified certificate
-//! must also name a node (`urn:outrider:node:NODE`), or the connection is dropped too.
+//! dropped: nothing of it reaches a session, so no application data is read. A verified
+//! certificate must also name a node (`urn:outrider:node:NODE`), or the connection is dropped too.
 //!
-//! `insecure` mode serves plain-text gRPC and takes the node id from the Hello; it logs a loud
-//! warning at every start.
+//! `insecure` mode serves plain-text gRPC (and QUIC with a self-signed certificate, see
+//! [`crate::quic`]) and takes the node id from the Hello; it logs a loud warning at every start.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,8 +25,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::grpc::{IngestStats, PeerInfo, PeerStream, SyncService};
+use crate::grpc::{PeerStream, SyncService};
 use crate::identity::node_identity;
+use crate::session::{IngestStats, PeerInfo, SessionCtx};
 use crate::store::IngestStore;
 use crate::tls::{server_config, TlsFiles};
 
@@ -38,7 +43,10 @@ pub enum Security {
 /// The ingest server's configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// TCP (gRPC), and UDP (QUIC) on the same address and port.
     pub listen: SocketAddr,
+    /// Also serve QUIC on UDP `listen` (default true).
+    pub quic: bool,
     pub security: Security,
     /// Credit and limits of every session.
     pub session: CloudConfig,
@@ -52,6 +60,7 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr, security: Security) -> Self {
         Self {
             listen,
+            quic: true,
             security,
             session: CloudConfig::default(),
             tls_handshake_timeout: Duration::from_secs(10),
@@ -65,6 +74,7 @@ pub struct Server {
     cfg: ServerConfig,
     listener: TcpListener,
     addr: SocketAddr,
+    quic: Option<quinn::Endpoint>,
     tls: Option<TlsAcceptor>,
     stats: Arc<IngestStats>,
 }
@@ -76,22 +86,30 @@ impl Server {
             Security::Mtls(files) => Some(TlsAcceptor::from(server_config(files)?)),
             Security::Insecure => None,
         };
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot bind the ingest server on {}", cfg.listen))?;
+        let quic_cfg = match cfg.quic {
+            true => Some(crate::quic::server_config(&cfg.security)?),
+            false => None,
+        };
+        let (listener, quic) = bind_both(cfg.listen, quic_cfg).await?;
         let addr = listener.local_addr().context("ingest listener address")?;
         Ok(Server {
             cfg,
             listener,
             addr,
+            quic,
             tls,
             stats: Arc::default(),
         })
     }
 
-    /// The address the server listens on.
+    /// The address the server listens on (TCP, and UDP when QUIC is on).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The UDP address of the QUIC endpoint (the same as [`Server::local_addr`]), if QUIC is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// The service's counters (they stay readable after the server stops).
@@ -110,6 +128,7 @@ impl Server {
             cfg,
             listener,
             addr,
+            quic,
             tls,
             stats,
         } = self;
@@ -124,20 +143,30 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<PeerStream<Conn>>>(64);
-        let service = SyncService::new(
-            Arc::new(store),
-            cfg.session.clone(),
-            tls.is_none(),
-            stop_rx.clone(),
-            alive_tx,
+        let ctx = SessionCtx {
+            store: Arc::new(store),
+            cfg: cfg.session.clone(),
+            insecure: tls.is_none(),
+            stop: stop_rx.clone(),
+            alive: alive_tx,
             stats,
-        );
+        };
+        let quic_accept = quic.clone().map(|endpoint| {
+            tokio::spawn(crate::quic::accept_loop(
+                endpoint,
+                ctx.clone(),
+                cfg.tls_handshake_timeout,
+            ))
+        });
+        let refused = ctx.stats.clone();
+        let service = SyncService::new(ctx);
         let accept = tokio::spawn(accept_loop(
             listener,
             tls,
             cfg.tls_handshake_timeout,
             conn_tx,
             stop_rx.clone(),
+            refused,
         ));
         let mut stop_wait = stop_rx.clone();
         let mut grpc = tokio::spawn(
@@ -147,13 +176,20 @@ impl Server {
                     let _ = stop_wait.wait_for(|s| *s).await;
                 }),
         );
-        tracing::info!(listen = %addr, "ingest server listening");
+        tracing::info!(listen = %addr, quic = quic.is_some(), "ingest server listening");
         let failed = tokio::select! {
             () = shutdown => None,
             r = &mut grpc => Some(r),
         };
         stop_tx.send_replace(true);
         accept.abort();
+        if let Some(endpoint) = &quic {
+            // Sessions end on the stop flag; this also ends handshakes and unblocks writes.
+            endpoint.close(
+                quinn::VarInt::from_u32(crate::quic::ERR_SHUTDOWN),
+                b"server shutting down",
+            );
+        }
         let result = match failed {
             Some(r) => match r {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the ingest server stopped unexpectedly")),
@@ -172,8 +208,15 @@ impl Server {
             },
         };
         let _ = accept.await;
+        if let Some(h) = quic_accept {
+            let _ = h.await;
+        }
         // Every session task and store call holds a clone of `alive_tx`.
         let _ = alive_rx.recv().await;
+        if let Some(endpoint) = quic {
+            // Let the close frames go out; the UDP port is free once the endpoint is dropped.
+            let _ = tokio::time::timeout(cfg.drain_timeout, endpoint.wait_idle()).await;
+        }
         tracing::info!(listen = %addr, "ingest server stopped");
         result
     }
@@ -188,9 +231,40 @@ pub async fn serve<S: IngestStore>(
     Server::bind(cfg).await?.run(store, shutdown).await
 }
 
-/// Resolves when the stop flag turns true (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+pub(crate) use crate::session::stopped;
+
+/// Binds TCP on `addr` and, with a QUIC configuration, UDP on the same address and port. For
+/// port 0 the UDP port is the one TCP got; if that one is taken on UDP, another is tried.
+async fn bind_both(
+    addr: SocketAddr,
+    quic: Option<quinn::ServerConfig>,
+) -> anyhow::Result<(TcpListener, Option<quinn::Endpoint>)> {
+    let mut attempt = 0;
+    loop {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the ingest server on {addr} (TCP)"))?;
+        let Some(qc) = &quic else {
+            return Ok((listener, None));
+        };
+        let local = listener.local_addr().context("ingest listener address")?;
+        match crate::quic::bind(qc.clone(), local) {
+            Ok(endpoint) => return Ok((listener, Some(endpoint))),
+            Err(e)
+                if addr.port() == 0
+                    && attempt < 16
+                    && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot bind the ingest server's QUIC endpoint on {local} (UDP; \
+                     set quic = false to serve gRPC only)"
+                )))
+            }
+        }
+    }
 }
 
 /// A connection's transport.
@@ -254,6 +328,7 @@ async fn accept_loop(
     handshake_timeout: Duration,
     conns: mpsc::Sender<std::io::Result<PeerStream<Conn>>>,
     mut stop: watch::Receiver<bool>,
+    stats: Arc<IngestStats>,
 ) {
     loop {
         let (tcp, remote) = tokio::select! {
@@ -272,6 +347,7 @@ async fn accept_loop(
             let info = PeerInfo {
                 node: None,
                 remote: Some(remote),
+                transport: "grpc",
             };
             if conns
                 .send(Ok(PeerStream::new(Conn::Plain(tcp), info)))
@@ -283,7 +359,7 @@ async fn accept_loop(
             continue;
         };
         // Handshakes run on their own so a slow client cannot hold up the others.
-        let conns = conns.clone();
+        let (conns, stats) = (conns.clone(), stats.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -304,10 +380,12 @@ async fn accept_loop(
             let node = match cert.map(|c| node_identity(c.as_ref())) {
                 Some(Ok(node)) => node,
                 Some(Err(e)) => {
+                    IngestStats::add(&stats.refused, 1);
                     tracing::warn!(remote = %remote, error = %e, "client certificate names no node: refused");
                     return;
                 }
                 None => {
+                    IngestStats::add(&stats.refused, 1);
                     tracing::warn!(remote = %remote, "no client certificate: refused");
                     return;
                 }
@@ -316,6 +394,7 @@ async fn accept_loop(
             let info = PeerInfo {
                 node: Some(node),
                 remote: Some(remote),
+                transport: "grpc",
             };
             let _ = conns
                 .send(Ok(PeerStream::new(Conn::Tls(Box::new(stream)), info)))

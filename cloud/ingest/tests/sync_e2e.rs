@@ -1,22 +1,27 @@
-//! End to end over loopback: an agent (outrider-agent's library `start`) syncs its outbox to the
-//! ingest server over gRPC with mTLS; the cloud store (the runtime's log) must hold every event
-//! exactly once in per-node order, across a restart of the cloud server; connections without a
-//! valid certificate, or claiming another node, write nothing.
+//! End to end over loopback, over both transports (gRPC on TCP, QUIC on UDP): an agent
+//! (outrider-agent's library `start`) syncs its outbox to the ingest server with mTLS; the cloud
+//! store (the runtime's log) must hold every event exactly once in per-node order, across a
+//! restart of the cloud server and network cuts; connections without a valid certificate, or
+//! claiming another node, write nothing; `auto` falls back to gRPC when UDP is blocked and
+//! returns to QUIC once it is not.
 //!
 //! (These tests live in the ingest crate so that the agent never depends on it, not even for
 //! tests.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outrider_agent::config::{SyncSection, SyncTlsSection};
+use outrider_agent::config::{SyncSection, SyncTlsSection, SyncTransport};
+use outrider_agent::sync::{SyncStatus, TransportKind};
 use outrider_agent::AgentConfig;
+use outrider_ingest::framing::{encode_frame, FrameDecoder, ALPN};
 use outrider_ingest::{LogStore, Security, Server, ServerConfig, TlsFiles};
 use outrider_proto::v1::sync_client::SyncClient;
 use outrider_proto::v1::{
-    agent_frame, cloud_frame, AgentFrame, Batch, Hello, LaneResume, NackReason,
+    agent_frame, cloud_frame, AgentFrame, Batch, CloudFrame, Hello, LaneResume, NackReason,
 };
 use outrider_proto::Event;
 use outrider_runtime::{ExpectedVersion, Log};
@@ -85,6 +90,14 @@ impl Pki {
         )];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.write_leaf(p, node);
+    }
+
+    /// A client certificate from this CA that names no node (a DNS name only).
+    fn issue_nameless(&self, name: &str) {
+        let mut p = CertificateParams::new(vec![format!("{name}.example")]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.write_leaf(p, name);
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -178,7 +191,13 @@ impl Cloud {
     }
 }
 
-fn agent_config(dir: &Path, node: &str, url: String, tls: Option<SyncTlsSection>) -> AgentConfig {
+fn agent_config(
+    dir: &Path,
+    node: &str,
+    url: String,
+    tls: Option<SyncTlsSection>,
+    transport: SyncTransport,
+) -> AgentConfig {
     let mut cfg = AgentConfig {
         node_id: node.into(),
         data_dir: dir.join(format!("agent-{node}")),
@@ -190,9 +209,39 @@ fn agent_config(dir: &Path, node: &str, url: String, tls: Option<SyncTlsSection>
         cloud_url: url,
         insecure: tls.is_none(),
         tls,
+        transport,
         ..SyncSection::default()
     });
     cfg
+}
+
+/// The transport a connection of `t` ends up on when nothing is blocked.
+fn kind(t: SyncTransport) -> TransportKind {
+    match t {
+        SyncTransport::Grpc => TransportKind::Grpc,
+        SyncTransport::Quic | SyncTransport::Auto => TransportKind::Quic,
+    }
+}
+
+/// Waits until the agent's sync status satisfies `done`; returns that status.
+async fn wait_status(
+    agent: &outrider_agent::Running,
+    what: &str,
+    done: impl FnMut(&SyncStatus) -> bool,
+) -> SyncStatus {
+    let mut status = agent.sync_status().expect("sync is configured");
+    let r = tokio::time::timeout(DEADLINE, async {
+        status.wait_for(done).await.map(|s| s.clone())
+    })
+    .await;
+    match r {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => panic!("the sync task ended while waiting for {what}"),
+        Err(_) => panic!(
+            "timed out waiting for {what}; status: {:?}",
+            *status.borrow()
+        ),
+    }
 }
 
 fn node_tls(pki: &Pki, node: &str) -> SyncTlsSection {
@@ -258,6 +307,14 @@ fn check_exactly_once(cloud: &Cloud, node: &str, positions: &[u64]) {
     }
 }
 
+/// Logs with `RUST_LOG=...` (shown with `--nocapture` or on failure).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Polls `done` until it holds or the deadline passes.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -272,8 +329,8 @@ fn synced(agent: &Log, cloud: &Cloud, node: &str, n: usize) -> bool {
         && agent.outbox_cursor("cloud", "normal").unwrap() >= agent.head()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_sync_is_exactly_once_across_a_cloud_restart() {
+async fn restart_case(transport: SyncTransport) {
+    init_tracing();
     let tmp = TempDir::new().unwrap();
     let pki = Pki::new(tmp.path(), "pki");
     pki.issue_node("gw-1");
@@ -291,6 +348,7 @@ async fn mtls_sync_is_exactly_once_across_a_cloud_restart() {
         "gw-1",
         url,
         Some(node_tls(&pki, "gw-1")),
+        transport,
     ))
     .await
     .unwrap();
@@ -302,6 +360,8 @@ async fn mtls_sync_is_exactly_once_across_a_cloud_restart() {
     })
     .await;
     check_exactly_once(&cloud, "gw-1", &positions);
+    let st = wait_status(&agent, "streaming", |s| s.streaming).await;
+    assert_eq!(st.transport, Some(kind(transport)), "{st:?}");
 
     // Restart the cloud mid-stream: an appender runs while the server stops and starts again.
     let appender = {
@@ -338,13 +398,25 @@ async fn mtls_sync_is_exactly_once_across_a_cloud_restart() {
         wm,
         vec![("normal".to_string(), *positions.iter().max().unwrap())]
     );
+    let st = wait_status(&agent, "streaming again", |s| s.streaming).await;
+    assert_eq!(st.transport, Some(kind(transport)), "{st:?}");
 
     agent.shutdown().await.unwrap();
     cloud.stop().await;
 }
 
-/// A raw sync client: TLS with `ca` as trust anchor and an optional client identity.
-async fn raw_session(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_mtls_sync_is_exactly_once_across_a_cloud_restart() {
+    restart_case(SyncTransport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_mtls_sync_is_exactly_once_across_a_cloud_restart() {
+    restart_case(SyncTransport::Quic).await;
+}
+
+/// A raw sync client over gRPC: TLS with `ca` as trust anchor and an optional client identity.
+async fn raw_grpc_session(
     addr: SocketAddr,
     ca: Vec<u8>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
@@ -398,6 +470,106 @@ async fn raw_session(
         .map_err(|_| "timed out".to_string())?
 }
 
+/// A raw sync client over QUIC (one bidirectional stream of length-delimited frames), with `ca`
+/// as trust anchor and an optional client identity.
+async fn raw_quic_session(
+    addr: SocketAddr,
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    frames: Vec<AgentFrame>,
+) -> Result<Vec<cloud_frame::Frame>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(&cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(&key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target: SocketAddr = format!("127.0.0.1:{}", addr.port()).parse().unwrap();
+    let run = async {
+        let conn = endpoint
+            .connect_with(client, target, "localhost")
+            .map_err(|e| format!("{e:?}"))?
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("{e}"))?;
+        let write = |f: &AgentFrame| {
+            let mut buf = Vec::new();
+            encode_frame(f, &mut buf).unwrap();
+            buf
+        };
+        // The Hello goes first; the rest after the Welcome, as an agent does.
+        let mut frames = frames.into_iter();
+        if let Some(f) = frames.next() {
+            send.write_all(&write(&f))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = decoder
+                .next_frame::<CloudFrame>()
+                .map_err(|e| e.to_string())?
+            {
+                if matches!(f.frame, Some(cloud_frame::Frame::Welcome(_))) {
+                    for f in frames.by_ref() {
+                        send.write_all(&write(&f))
+                            .await
+                            .map_err(|e| format!("{e:?}"))?;
+                    }
+                }
+                let nack = matches!(f.frame, Some(cloud_frame::Frame::Nack(_)));
+                got.extend(f.frame);
+                if nack {
+                    return Ok(got);
+                }
+            }
+            match recv.read_chunk(1 << 16, true).await {
+                Ok(Some(c)) => decoder.push(&c.bytes),
+                Ok(None) => return Ok(got),
+                Err(e) => return Err(format!("{e:?} after {got:?}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+async fn raw_session(
+    transport: TransportKind,
+    addr: SocketAddr,
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    frames: Vec<AgentFrame>,
+) -> Result<Vec<cloud_frame::Frame>, String> {
+    match transport {
+        TransportKind::Grpc => raw_grpc_session(addr, ca, identity, frames).await,
+        TransportKind::Quic => raw_quic_session(addr, ca, identity, frames).await,
+    }
+}
+
 fn hello(node: &str) -> AgentFrame {
     AgentFrame {
         frame: Some(agent_frame::Frame::Hello(Hello {
@@ -430,15 +602,13 @@ fn batch(origin: &str) -> AgentFrame {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_without_a_valid_identity_write_nothing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+async fn refusal_case(transport: SyncTransport) {
+    init_tracing();
+    let tk = kind(transport);
     let tmp = TempDir::new().unwrap();
     let pki = Pki::new(tmp.path(), "pki");
     pki.issue_node("gw-1");
+    pki.issue_nameless("nobody");
     let other = Pki::new(tmp.path(), "other");
     other.issue_node("gw-1");
     let cloud = Cloud::start(
@@ -451,15 +621,37 @@ async fn connections_without_a_valid_identity_write_nothing() {
     let frames = || vec![hello("gw-1"), batch("gw-1")];
 
     // No client certificate: the TLS handshake is refused.
-    let r = raw_session(cloud.addr, ca.clone(), None, frames()).await;
+    let r = raw_session(tk, cloud.addr, ca.clone(), None, frames()).await;
     assert!(r.is_err(), "{r:?}");
     // A certificate from another CA: refused too.
     let id = (other.read("gw-1.pem"), other.read("gw-1-key.pem"));
-    let r = raw_session(cloud.addr, ca.clone(), Some(id), frames()).await;
+    let r = raw_session(tk, cloud.addr, ca.clone(), Some(id), frames()).await;
     assert!(r.is_err(), "{r:?}");
+    // A certificate from the CA that names no node: the connection is dropped unread.
+    let id = (pki.read("nobody.pem"), pki.read("nobody-key.pem"));
+    let r = raw_session(tk, cloud.addr, ca.clone(), Some(id), frames()).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        cloud
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no session may start without a node identity"
+    );
+    // The nameless certificate's connection is counted as refused (once its handshake is done).
+    wait_until("the nameless certificate counted as refused", || {
+        cloud
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    })
+    .await;
     // A valid gw-1 certificate claiming gw-2 in the Hello: UNAUTHORIZED, and the stream ends.
     let id = || (pki.read("gw-1.pem"), pki.read("gw-1-key.pem"));
     let got = raw_session(
+        tk,
         cloud.addr,
         ca.clone(),
         Some(id()),
@@ -473,6 +665,7 @@ async fn connections_without_a_valid_identity_write_nothing() {
     );
     // A gw-1 session sending events of gw-2: the batch is invalid.
     let got = raw_session(
+        tk,
         cloud.addr,
         ca.clone(),
         Some(id()),
@@ -488,33 +681,41 @@ async fn connections_without_a_valid_identity_write_nothing() {
 
     // An agent whose node id is not its certificate's is refused and writes nothing.
     let url = format!("https://127.0.0.1:{}", cloud.addr.port());
-    let mut cfg = agent_config(tmp.path(), "gw-2", url, Some(node_tls(&pki, "gw-1")));
+    let mut cfg = agent_config(
+        tmp.path(),
+        "gw-2",
+        url,
+        Some(node_tls(&pki, "gw-1")),
+        transport,
+    );
     cfg.data_dir = tmp.path().join("agent-impostor");
     let agent = outrider_agent::start(cfg).await.unwrap();
     append(agent.log(), 0, 10).await;
-    let mut status = agent.sync_status().unwrap();
-    let refused = tokio::time::timeout(
-        DEADLINE,
-        status.wait_for(|s| {
-            s.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("UNAUTHORIZED"))
-        }),
-    )
-    .await
-    .expect("the impostor was not refused in time")
-    .unwrap()
-    .clone();
+    let refused = wait_status(&agent, "the impostor's refusal", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("UNAUTHORIZED"))
+    })
+    .await;
     assert!(!refused.streaming, "{refused:?}");
     assert_eq!(agent.log().outbox_cursor("cloud", "normal").unwrap(), 0);
-    drop(status);
     agent.shutdown().await.unwrap();
     assert_eq!(cloud.log.head(), 0);
     cloud.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn insecure_mode_takes_the_node_from_the_hello() {
+async fn grpc_connections_without_a_valid_identity_write_nothing() {
+    refusal_case(SyncTransport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_without_a_valid_identity_write_nothing() {
+    refusal_case(SyncTransport::Quic).await;
+}
+
+async fn insecure_case(transport: SyncTransport) {
+    init_tracing();
     let tmp = TempDir::new().unwrap();
     let cloud = Cloud::start(
         &tmp.path().join("cloud"),
@@ -523,7 +724,7 @@ async fn insecure_mode_takes_the_node_from_the_hello() {
     )
     .await;
     let url = format!("http://127.0.0.1:{}", cloud.addr.port());
-    let agent = outrider_agent::start(agent_config(tmp.path(), "dev-1", url, None))
+    let agent = outrider_agent::start(agent_config(tmp.path(), "dev-1", url, None, transport))
         .await
         .unwrap();
     let log = agent.log().clone();
@@ -547,14 +748,77 @@ async fn insecure_mode_takes_the_node_from_the_hello() {
         .events_committed
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(committed, 201);
+    let st = wait_status(&agent, "streaming", |s| s.streaming).await;
+    assert_eq!(st.transport, Some(kind(transport)), "{st:?}");
+
+    // Both sides' metrics tell the same story.
+    let st = wait_status(&agent, "every lane acknowledged", |s| {
+        s.lanes.iter().all(|l| l.in_flight_events == 0)
+    })
+    .await;
+    let text = outrider_agent::metrics::render(&log, Some(&st));
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+    };
+    assert_eq!(value("outrider_sync_up"), 1.0);
+    assert!(value("outrider_sync_events_sent_total") >= 201.0, "{text}");
+    assert!(
+        value("outrider_sync_bytes_total{stage=\"wire\"}")
+            < value("outrider_sync_bytes_total{stage=\"raw\"}"),
+        "the 255 KB event of repeated bytes went compressed: {text}"
+    );
+    assert!(value("outrider_sync_batches_compressed_total") >= 1.0);
+    assert_eq!(
+        value("outrider_outbox_pending_events{class=\"normal\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("outrider_outbox_oldest_pending_age_seconds{class=\"normal\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("outrider_sync_in_flight_events{lane=\"normal\"}"),
+        0.0,
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "outrider_sync_transport_info{{transport=\"{}\",codec=\"zstd\"}} 1",
+        kind(transport)
+    )));
+    let cloud_text = outrider_ingest::metrics::render(&cloud.stats, Some(&cloud.log));
+    assert!(
+        cloud_text.contains("\noutrider_ingest_events_committed_total 201\n"),
+        "{cloud_text}"
+    );
+    assert!(
+        cloud_text.contains("\noutrider_ingest_active_sessions 1\n"),
+        "{cloud_text}"
+    );
+    assert!(
+        !cloud_text.contains("\noutrider_ingest_batches_compressed_total 0\n"),
+        "{cloud_text}"
+    );
     agent.shutdown().await.unwrap();
     cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_insecure_mode_takes_the_node_from_the_hello() {
+    insecure_case(SyncTransport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_insecure_mode_takes_the_node_from_the_hello() {
+    insecure_case(SyncTransport::Quic).await;
 }
 
 /// A TCP proxy whose connections can be cut (both sockets dropped at once), as a network cut.
 struct Proxy {
     addr: SocketAddr,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
@@ -562,7 +826,7 @@ impl Proxy {
     async fn start(target: SocketAddr) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Default::default();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Default::default();
         let list = conns.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -592,8 +856,111 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_across_network_cuts() {
+/// A UDP forwarder for QUIC: one upstream socket per client address. A cut forgets every flow
+/// and drops whatever its client address sends from then on (the client's connection hears
+/// nothing more and times out, as on a real cut); a new connection comes from a new address and
+/// goes through. While blocked, every datagram is dropped.
+struct UdpProxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<UdpState>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct UdpState {
+    blocked: bool,
+    flows: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, JoinHandle<()>)>,
+    dead: HashSet<SocketAddr>,
+}
+
+impl UdpProxy {
+    async fn start(bind: SocketAddr, target: SocketAddr) -> std::io::Result<UdpProxy> {
+        let front = Arc::new(tokio::net::UdpSocket::bind(bind).await?);
+        let addr = front.local_addr()?;
+        let state: Arc<Mutex<UdpState>> = Default::default();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let up = {
+                    let mut s = st.lock().unwrap();
+                    if s.blocked || s.dead.contains(&from) {
+                        continue;
+                    }
+                    match s.flows.get(&from) {
+                        Some((up, _)) => up.clone(),
+                        None => {
+                            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                            sock.connect(target).unwrap();
+                            sock.set_nonblocking(true).unwrap();
+                            let up = Arc::new(tokio::net::UdpSocket::from_std(sock).unwrap());
+                            let back = tokio::spawn(Self::backward(
+                                up.clone(),
+                                front.clone(),
+                                from,
+                                st.clone(),
+                            ));
+                            s.flows.insert(from, (up.clone(), back));
+                            up
+                        }
+                    }
+                };
+                let _ = up.send(&buf[..n]).await;
+            }
+        });
+        Ok(UdpProxy { addr, state, task })
+    }
+
+    /// Server → client for one flow.
+    async fn backward(
+        up: Arc<tokio::net::UdpSocket>,
+        front: Arc<tokio::net::UdpSocket>,
+        client: SocketAddr,
+        state: Arc<Mutex<UdpState>>,
+    ) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok(n) = up.recv(&mut buf).await else {
+                continue;
+            };
+            if state.lock().unwrap().blocked {
+                continue;
+            }
+            let _ = front.send_to(&buf[..n], client).await;
+        }
+    }
+
+    /// Cuts every flow; returns how many there were.
+    fn cut(&self) -> usize {
+        let mut s = self.state.lock().unwrap();
+        let flows = std::mem::take(&mut s.flows);
+        let n = flows.len();
+        for (client, (_, task)) in flows {
+            task.abort();
+            s.dead.insert(client);
+        }
+        n
+    }
+
+    fn set_blocked(&self, blocked: bool) {
+        self.state.lock().unwrap().blocked = blocked;
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        for (_, (_, task)) in self.state.lock().unwrap().flows.drain() {
+            task.abort();
+        }
+    }
+}
+
+async fn cuts_case(transport: SyncTransport) {
+    init_tracing();
     let tmp = TempDir::new().unwrap();
     let pki = Pki::new(tmp.path(), "pki");
     pki.issue_node("gw-1");
@@ -603,16 +970,37 @@ async fn exactly_once_across_network_cuts() {
         Security::Mtls(pki.server_files()),
     )
     .await;
-    let proxy = Proxy::start(cloud.addr).await;
-    let url = format!("https://127.0.0.1:{}", proxy.addr.port());
-    let agent = outrider_agent::start(agent_config(
+    enum Cutter {
+        Tcp(Proxy),
+        Udp(UdpProxy),
+    }
+    let (cutter, port) = match transport {
+        SyncTransport::Grpc => {
+            let p = Proxy::start(cloud.addr).await;
+            let port = p.addr.port();
+            (Cutter::Tcp(p), port)
+        }
+        _ => {
+            let p = UdpProxy::start("127.0.0.1:0".parse().unwrap(), cloud.addr)
+                .await
+                .unwrap();
+            let port = p.addr.port();
+            (Cutter::Udp(p), port)
+        }
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let mut cfg = agent_config(
         tmp.path(),
         "gw-1",
         url,
         Some(node_tls(&pki, "gw-1")),
-    ))
-    .await
-    .unwrap();
+        transport,
+    );
+    // A cut UDP path is silence, not a reset: notice it soon.
+    if let Some(sync) = cfg.sync.as_mut() {
+        sync.quic_idle_timeout_ms = 1_000;
+    }
+    let agent = outrider_agent::start(cfg).await.unwrap();
     let log = agent.log().clone();
     let mut positions = Vec::new();
     let mut cuts = 0;
@@ -625,7 +1013,10 @@ async fn exactly_once_across_network_cuts() {
             cloud.events_of("gw-1").len() > have
         })
         .await;
-        cuts += proxy.cut();
+        cuts += match &cutter {
+            Cutter::Tcp(p) => p.cut(),
+            Cutter::Udp(p) => p.cut(),
+        };
     }
     assert!(cuts >= 4, "only {cuts} connections were cut");
     let n = positions.len();
@@ -634,16 +1025,33 @@ async fn exactly_once_across_network_cuts() {
     })
     .await;
     check_exactly_once(&cloud, "gw-1", &positions);
+    let st = wait_status(&agent, "streaming", |s| s.streaming).await;
+    assert_eq!(st.transport, Some(kind(transport)), "{st:?}");
+    assert!(st.stats.connects >= 5, "{st:?}");
     agent.shutdown().await.unwrap();
-    proxy.accept.abort();
+    if let Cutter::Tcp(p) = &cutter {
+        p.accept.abort();
+    }
+    drop(cutter);
     cloud.stop().await;
 }
 
-/// A rough figure, not a benchmark: `cargo test --release -p outrider-ingest --test sync_e2e
-/// -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn throughput_figure() {
+async fn grpc_exactly_once_across_network_cuts() {
+    cuts_case(SyncTransport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_exactly_once_across_network_cuts() {
+    cuts_case(SyncTransport::Quic).await;
+}
+
+/// `auto` with UDP blocked: the QUIC attempt times out and the agent streams over gRPC; once UDP
+/// passes again, a background QUIC handshake succeeds and the session moves to QUIC. Every event
+/// is in the cloud exactly once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_grpc_and_returns_to_quic() {
+    init_tracing();
     let tmp = TempDir::new().unwrap();
     let pki = Pki::new(tmp.path(), "pki");
     pki.issue_node("gw-1");
@@ -653,38 +1061,132 @@ async fn throughput_figure() {
         Security::Mtls(pki.server_files()),
     )
     .await;
-    let url = format!("https://127.0.0.1:{}", cloud.addr.port());
-    let agent = outrider_agent::start(agent_config(
+    // One port for the agent: TCP goes through to the cloud, UDP is blocked for now.
+    let mut tries = 0;
+    let (tcp, udp) = loop {
+        let tcp = Proxy::start(cloud.addr).await;
+        match UdpProxy::start(tcp.addr, cloud.addr).await {
+            Ok(udp) => break (tcp, udp),
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 20, "no port free on both TCP and UDP: {e}");
+                tcp.accept.abort();
+            }
+        }
+    };
+    udp.set_blocked(true);
+    let url = format!("https://127.0.0.1:{}", tcp.addr.port());
+    let mut cfg = agent_config(
         tmp.path(),
         "gw-1",
         url,
         Some(node_tls(&pki, "gw-1")),
-    ))
-    .await
-    .unwrap();
-    let log = agent.log().clone();
-    let n = 50_000u64;
-    let t = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let events = (i..i + 500).map(event).collect();
-        log.append_async("bulk", ExpectedVersion::Any, events, None)
-            .await
-            .unwrap();
-        i += 500;
-    }
-    let appended = t.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while log.outbox_cursor("cloud", "normal").unwrap() < log.head() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let synced = t.elapsed();
-    eprintln!(
-        "{n} events: appended in {appended:?}, synced in {synced:?} ({:.0} events/s end to end)",
-        n as f64 / synced.as_secs_f64()
+        SyncTransport::Auto,
     );
-    assert_eq!(cloud.events_of("gw-1").len() as u64, n);
+    if let Some(sync) = cfg.sync.as_mut() {
+        sync.connect_timeout_ms = 1_000;
+        sync.quic_retry_ms = 1_000;
+    }
+    let agent = outrider_agent::start(cfg).await.unwrap();
+    let log = agent.log().clone();
+
+    let mut positions = append(&log, 0, 200).await;
+    let st = wait_status(&agent, "streaming over gRPC", |s| {
+        s.streaming && s.transport == Some(TransportKind::Grpc)
+    })
+    .await;
+    assert_eq!(st.transport, Some(TransportKind::Grpc));
+    wait_until("the first 200 events in the cloud over gRPC", || {
+        synced(&log, &cloud, "gw-1", 200)
+    })
+    .await;
+    check_exactly_once(&cloud, "gw-1", &positions);
+
+    // UDP passes again: the agent moves to QUIC by itself, while events keep coming.
+    udp.set_blocked(false);
+    let appender = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut p = Vec::new();
+            for round in 0..20 {
+                p.extend(append(&log, 1000 + round * 20, 20).await);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            p
+        })
+    };
+    wait_status(&agent, "streaming over QUIC", |s| {
+        s.streaming && s.transport == Some(TransportKind::Quic)
+    })
+    .await;
+    positions.extend(appender.await.unwrap());
+    positions.extend(append(&log, 5000, 100).await);
+    let n = positions.len();
+    wait_until("every event in the cloud after the move to QUIC", || {
+        synced(&log, &cloud, "gw-1", n)
+    })
+    .await;
+    check_exactly_once(&cloud, "gw-1", &positions);
+    let st = agent.sync_status().unwrap().borrow().clone();
+    assert_eq!(st.transport, Some(TransportKind::Quic), "{st:?}");
+    // One gRPC connection, one move to QUIC: no flapping between the two.
+    assert!(st.stats.connects <= 4, "{st:?}");
+
     agent.shutdown().await.unwrap();
+    tcp.accept.abort();
+    drop(udp);
     cloud.stop().await;
+}
+
+/// A rough figure, not a benchmark: `cargo test --release -p outrider-ingest --test sync_e2e
+/// -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_figure() {
+    for transport in [SyncTransport::Grpc, SyncTransport::Quic] {
+        let tmp = TempDir::new().unwrap();
+        let pki = Pki::new(tmp.path(), "pki");
+        pki.issue_node("gw-1");
+        let cloud = Cloud::start(
+            &tmp.path().join("cloud"),
+            "127.0.0.1:0".parse().unwrap(),
+            Security::Mtls(pki.server_files()),
+        )
+        .await;
+        let url = format!("https://127.0.0.1:{}", cloud.addr.port());
+        let agent = outrider_agent::start(agent_config(
+            tmp.path(),
+            "gw-1",
+            url,
+            Some(node_tls(&pki, "gw-1")),
+            transport,
+        ))
+        .await
+        .unwrap();
+        let log = agent.log().clone();
+        let n = 50_000u64;
+        let t = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let events = (i..i + 500).map(event).collect();
+            log.append_async("bulk", ExpectedVersion::Any, events, None)
+                .await
+                .unwrap();
+            i += 500;
+        }
+        let appended = t.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while log.outbox_cursor("cloud", "normal").unwrap() < log.head() {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let synced = t.elapsed();
+        eprintln!(
+            "{transport:?}: {n} events: appended in {appended:?}, synced in {synced:?} ({:.0} events/s end to end)",
+            n as f64 / synced.as_secs_f64()
+        );
+        assert_eq!(cloud.events_of("gw-1").len() as u64, n);
+        agent.shutdown().await.unwrap();
+        cloud.stop().await;
+    }
 }

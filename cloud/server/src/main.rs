@@ -2,13 +2,16 @@
 //! over the runtime's log (sled) as the cloud store.
 //!
 //! ```toml
-//! listen = "0.0.0.0:7443"
+//! listen = "0.0.0.0:7443"     # gRPC on TCP and QUIC on UDP, same address and port
+//! quic = true                 # default; false: gRPC only
+//! metrics_listen = "127.0.0.1:9465"   # Prometheus /metrics and /healthz (absent: not served)
 //! data_dir = "./data/cloud"
 //! [tls]                     # mTLS: the node id comes from the client certificate
 //! ca = "certs/ca.pem"
 //! cert = "certs/server.pem"
 //! key = "certs/server-key.pem"
-//! # or, for development only (plain text, node id from the Hello, loud warning at start):
+//! # or, for development only (no client certificates, node id from the Hello, loud warning at
+//! # start; gRPC in plain text, QUIC with a self-signed certificate):
 //! # insecure = true
 //! ```
 
@@ -33,8 +36,14 @@ struct Args {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CloudConfig {
-    /// The sync ingest endpoint's address.
+    /// The sync ingest endpoint's address: TCP for gRPC, and UDP for QUIC.
     listen: SocketAddr,
+    /// Serve QUIC on UDP `listen` too (default true).
+    #[serde(default = "yes")]
+    quic: bool,
+    /// Prometheus `/metrics` and `/healthz`; not served when absent.
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
     /// Where the cloud store (the runtime's log) lives.
     data_dir: PathBuf,
     /// mTLS files; required unless `insecure = true`.
@@ -43,6 +52,10 @@ struct CloudConfig {
     /// Plain text without authentication (development only).
     #[serde(default)]
     insecure: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -105,19 +119,86 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
         tracing::warn!(position = c.position, reason = %c.reason, "STORE CORRUPTION FOUND: cut back to the intact prefix");
     }
     tracing::info!(data_dir = %cfg.data_dir.display(), head = report.head, "store opened");
-    let server = outrider_ingest::Server::bind(ServerConfig::new(cfg.listen, security)).await?;
+    let mut server_cfg = ServerConfig::new(cfg.listen, security);
+    server_cfg.quic = cfg.quic;
+    let server = outrider_ingest::Server::bind(server_cfg).await?;
+    let stats = server.stats();
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, stats, log.clone()).await?),
+        None => None,
+    };
     let result = server
         .run(LogStore::new(log.clone()), async {
-            let _ = tokio::signal::ctrl_c().await;
+            shutdown_signal().await;
             tracing::info!("shutting down");
         })
         .await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let closed = tokio::task::spawn_blocking(move || log.close())
         .await
         .context("closing the store: task failed")?;
     result?;
     closed.context("closing the store")?;
     Ok(())
+}
+
+/// Serves `/metrics` (the ingest's and the store's figures) and `/healthz` on `addr`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    stats: std::sync::Arc<outrider_ingest::IngestStats>,
+    log: Log,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen: cannot bind {addr}"))?;
+    let local = listener.local_addr().context("metrics listener address")?;
+    tracing::info!(listen = %local, "metrics on /metrics");
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (stats, log) = (stats.clone(), log.clone());
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            outrider_runtime::metrics::CONTENT_TYPE_TEXT,
+                        )],
+                        outrider_ingest::metrics::render(&stats, Some(&log)),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
+}
+
+/// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops gracefully");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]
@@ -138,5 +219,11 @@ mod tests {
         assert!(toml::from_str::<CloudConfig>("listen = \"x\"\ndata_dir = \"d\"\n").is_err());
         let example = parse(include_str!("../cloud.example.toml"));
         assert!(matches!(example.security().unwrap(), Security::Mtls(_)));
+        assert!(example.quic);
+        // QUIC is on unless turned off.
+        assert!(c.quic);
+        let c =
+            parse("listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\ninsecure = true\nquic = false\n");
+        assert!(!c.quic);
     }
 }

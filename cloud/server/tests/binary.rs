@@ -1,23 +1,43 @@
 //! The real `outrider-cloud` binary: configuration errors, and an in-process agent syncing to it
-//! (insecure mode, so no certificates are needed here; mTLS is tested in cloud/ingest/tests).
+//! over QUIC (the agent's default `auto`; insecure mode, so no certificates are needed here; mTLS
+//! and gRPC are tested in cloud/ingest/tests).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outrider_agent::config::SyncSection;
+use outrider_agent::sync::TransportKind;
 use outrider_agent::AgentConfig;
 use outrider_proto::Event;
 use outrider_runtime::{ExpectedVersion, Log, LogConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outrider-cloud");
 
+/// A port free on both TCP and UDP (the server listens on both).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The body of `GET path` over HTTP/1.0.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out
 }
 
 #[test]
@@ -59,7 +79,9 @@ async fn an_agent_syncs_to_the_binary() {
     let cfg = dir.path().join("cloud.toml");
     std::fs::write(
         &cfg,
-        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\ninsecure = true\n"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\ninsecure = true\n"
+        ),
     )
     .unwrap();
     let mut child = Command::new(BIN)
@@ -70,12 +92,16 @@ async fn an_agent_syncs_to_the_binary() {
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (mtx, mrx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("ingest server listening") {
                 let _ = tx.send(());
+            }
+            if line.contains("metrics on /metrics") {
+                let _ = mtx.send(line.clone());
             }
             all.push_str(&line);
             all.push('\n');
@@ -84,6 +110,15 @@ async fn an_agent_syncs_to_the_binary() {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("the server did not start");
+    let metrics_line = mrx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the metrics endpoint did not start");
+    let metrics_addr: std::net::SocketAddr = metrics_line
+        .split("listen=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {metrics_line:?}"));
 
     let mut acfg = AgentConfig {
         node_id: "gw-9".into(),
@@ -117,12 +152,35 @@ async fn an_agent_syncs_to_the_binary() {
         assert!(tokio::time::Instant::now() < deadline, "not synced in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut status = agent.sync_status().unwrap();
+    let quic = tokio::time::timeout(Duration::from_secs(60), async {
+        status
+            .wait_for(|s| s.streaming && s.transport == Some(TransportKind::Quic))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        quic == Ok(true),
+        "not streaming over QUIC in time: {:?}",
+        *status.borrow()
+    );
+    drop(status);
     agent.shutdown().await.unwrap();
 
-    // SIGINT: a graceful stop that closes the store.
+    // The cloud's /metrics counts what it committed.
+    let text = http_get(metrics_addr, "/metrics");
+    assert!(
+        text.contains("\noutrider_ingest_events_committed_total 50\n"),
+        "{text}"
+    );
+    assert!(text.contains("\noutrider_ingest_sessions_total "), "{text}");
+    assert!(text.contains("\noutrider_log_head_position 50\n"), "{text}");
+
+    // SIGTERM (systemd, Kubernetes): a graceful stop that closes the store.
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on the child we spawned.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     let log_text = reader.join().unwrap();
     assert!(status.success(), "{status:?}\n{log_text}");

@@ -8,6 +8,11 @@
 //! acknowledges it when told ([`AgentAction::AckOutbox`]), which the session only does for a
 //! watermark the cloud reported as committed.
 //!
+//! Batches are compressed when the cloud picked zstd and they are large enough, and paced by the
+//! bandwidth cap when one is set (see the [module docs](super#compression-and-pacing));
+//! [`AgentStats`] and [`AgentSession::lane_lag`] report what the session did and how far behind
+//! each lane is.
+//!
 //! Connection states: `Disconnected` (backing off until a time) → `Connecting` (Connect emitted) →
 //! `Handshaking` (Hello sent) → `Streaming` (Welcome received) → back to `Disconnected` on any
 //! error, timeout or loss of the transport. Everything a connection had in flight is forgotten
@@ -17,14 +22,21 @@ use std::collections::{BTreeMap, VecDeque};
 
 use outrider_proto::v1::{
     agent_frame, cloud_frame, Ack, AgentFrame, Batch, CloudFrame, Hello, LaneResume, Nack,
-    NackReason, Ping, Welcome,
+    NackReason, Ping, Pong, Welcome,
 };
 use outrider_proto::Event;
 use prost::Message;
 
 use super::backoff::Backoff;
+use super::compress::{self, Compressor, ZSTD};
+use super::pace::TokenBucket;
 use super::rng::SplitMix64;
 use super::{SyncError, PROTOCOL_VERSION};
+
+/// At most this many first-seen records per lane for [`LaneLag::oldest_unacked_age_ms`] (one per
+/// outbox read that brought new events). Beyond it, newer reads are attributed to the last
+/// record's (earlier) time, which can only overstate an age.
+const MAX_SEEN_RECORDS: usize = 4096;
 
 /// Batching, timers and backoff of an agent session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +67,18 @@ pub struct AgentConfig {
     /// Lane retry backoff after STORE_UNAVAILABLE or CREDIT_EXCEEDED.
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
+    /// Offer zstd batch compression in the Hello (`Hello.codecs = ["zstd"]`). Batches are
+    /// compressed only if the cloud picks it in the Welcome.
+    pub compression: bool,
+    /// Compress a batch only if the encoding of its events (as an `EventList`) is at least this
+    /// many bytes; smaller batches gain little and cost a compression call. A compressed batch is
+    /// sent only if it is smaller than the plain encoding.
+    pub compress_min_bytes: usize,
+    /// The zstd level (clamped to zstd's range; see [`compress::DEFAULT_LEVEL`]).
+    pub compress_level: i32,
+    /// Bandwidth cap in kilobits (1000 bits) per second of frame bytes sent; 0: unlimited. See
+    /// [`super::pace`] for the token bucket and its burst.
+    pub max_kbps: u64,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +97,10 @@ impl Default for AgentConfig {
             backoff_max_ms: 30_000,
             retry_min_ms: 100,
             retry_max_ms: 10_000,
+            compression: true,
+            compress_min_bytes: 4 * 1024,
+            compress_level: compress::DEFAULT_LEVEL,
+            max_kbps: 0,
         }
     }
 }
@@ -124,14 +152,32 @@ pub enum AgentAction {
     LaneStopped { lane: String, error: SyncError },
 }
 
-/// Counters of an agent session.
+/// Counters and gauges of an agent session, over its whole life (all connections).
+///
+/// Byte counts are protobuf encodings: transport framing (gRPC, HTTP/2, TLS) is not included.
+/// Mean batch sizes are `events_sent / batches_sent` and `bytes_wire / batches_sent`; the
+/// compression ratio is `bytes_raw / bytes_wire` (about 1 when nothing is compressed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStats {
+    /// Connection attempts ([`AgentAction::Connect`]).
     pub connects: u64,
+    /// Handshakes completed (Welcomes accepted).
     pub handshakes: u64,
+    /// Connections lost after a completed handshake (transport loss, timeout, protocol error or
+    /// refusal); each is followed by a reconnect after a backoff.
+    pub reconnects: u64,
     pub batches_sent: u64,
+    /// Events sent in batches, retransmissions included.
     pub events_sent: u64,
+    /// Events sent that this session had sent before: resent after a rewind (nack, response
+    /// timeout) or a reconnect. An agent restart starts a new session, which counts from zero.
+    pub retransmitted_events: u64,
+    /// Acks received.
     pub acks: u64,
+    /// Sum of `Ack.duplicates` over the acks received for known lanes: events the cloud already
+    /// had (resent events whose earlier copy was committed after all). A duplicated Ack frame
+    /// counts twice.
+    pub duplicates: u64,
     pub nacks: u64,
     /// Lanes resent from the cloud's watermark (after a nack or a response timeout).
     pub rewinds: u64,
@@ -139,6 +185,65 @@ pub struct AgentStats {
     pub pings_sent: u64,
     /// The largest number of events in flight at once.
     pub max_in_flight: u64,
+    /// Encoded size of the events of every batch sent, before compression (the `EventList`
+    /// encoding, which is also what an uncompressed batch's `events` take on the wire).
+    pub bytes_raw: u64,
+    /// Encoded size of every Batch frame sent (`AgentFrame` encoding, compressed or not).
+    pub bytes_wire: u64,
+    /// Encoded size of every other frame sent (Hello, Ping). `bytes_wire + bytes_control` is
+    /// what the bandwidth cap charges.
+    pub bytes_control: u64,
+    /// Batches sent compressed (zstd).
+    pub batches_compressed: u64,
+    /// Events in the last batch sent.
+    pub last_batch_events: u64,
+    /// Wire size (as in `bytes_wire`) of the last batch sent.
+    pub last_batch_bytes: u64,
+    /// Round-trip time of the last Ping answered by its Pong, in ms: the transport and the
+    /// cloud session, no store work. Pings go out only after `keepalive_ms` without sending, so
+    /// a busy session samples this rarely (see `ack_latency_*`). 0 until `rtt_samples > 0`.
+    pub rtt_last_ms: u64,
+    /// Exponentially weighted mean of the Ping round trips (weight 1/8 per sample, as TCP's
+    /// SRTT), in ms.
+    pub rtt_smoothed_ms: u64,
+    /// Ping round trips measured.
+    pub rtt_samples: u64,
+    /// Time from sending a batch to its Ack, in ms, for the last batch acked as such (not one
+    /// abandoned by a rewind, nor one only covered by a later batch's watermark): round trip plus
+    /// queueing and the store commit. 0 until `ack_latency_samples > 0`.
+    pub ack_latency_last_ms: u64,
+    /// Exponentially weighted mean of the batch ack latencies (weight 1/8), in ms.
+    pub ack_latency_smoothed_ms: u64,
+    /// Batch ack latencies measured.
+    pub ack_latency_samples: u64,
+    /// Total time batches were ready to go (events read ahead, credit available) but held by
+    /// the bandwidth cap (`max_kbps`), in ms. A hold in progress is added when it ends.
+    pub throttled_ms: u64,
+    /// Times the bandwidth cap started holding batches.
+    pub throttle_holds: u64,
+}
+
+/// How far behind a lane is, as the session sees it ([`AgentSession::lane_lag`]).
+///
+/// The session knows only what it read from the outbox: events the outbox holds but the session
+/// has not read yet are not counted here (the outbox status has the full backlog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneLag {
+    pub lane: String,
+    /// The outbox is acknowledged through this seq (a cloud-committed watermark).
+    pub acked: Option<u64>,
+    /// Events of the lane sent on this connection and not yet answered (including batches
+    /// abandoned by a rewind, which still hold credit until answered or timed out).
+    pub in_flight_events: u64,
+    /// Events read from the outbox and waiting to be sent (read-ahead).
+    pub pending_events: u64,
+    /// Milliseconds (of the session's `now`) since the session first read the oldest event of
+    /// the lane it has read and the cloud has not yet committed; `None` if there is none. The
+    /// session's monotonic clock is used rather than `Event.time`, which is wall time set by the
+    /// producer and may be skewed; a new session (agent restart) starts counting again.
+    pub oldest_unacked_age_ms: Option<u64>,
+    /// The lane is stopped ([`AgentAction::LaneStopped`]).
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +278,14 @@ struct Lane {
     retry_at: u64,
     retry: Backoff,
     stopped: bool,
+    /// The highest seq this session ever sent in the lane (any connection): events at or below it
+    /// are retransmissions.
+    sent_ever: Option<u64>,
+    /// The highest seq this session ever read in the lane.
+    seen_max: Option<u64>,
+    /// (first seq, time): the events from this seq up to the next record's were first read at
+    /// this time. Pruned as the outbox is acked.
+    seen: VecDeque<(u64, u64)>,
 }
 
 impl Lane {
@@ -223,6 +336,19 @@ pub struct AgentSession {
     next_nonce: u64,
     actions: VecDeque<AgentAction>,
     stats: AgentStats,
+    /// The bandwidth cap (`None`: unlimited).
+    pacer: Option<TokenBucket>,
+    /// Since when the cap holds a batch that could otherwise go.
+    throttled_since: Option<u64>,
+    /// The cloud picked zstd for this connection.
+    zstd: bool,
+    /// Created at the first batch compressed; `None` also if zstd could not create one.
+    compressor: Option<Compressor>,
+    /// The last Ping sent on this connection and not yet answered: (nonce, sent at).
+    ping_out: Option<(u64, u64)>,
+    /// Smoothed ping RTT and batch ack latency, times 8 (so the 1/8 weighting keeps precision).
+    rtt8: u64,
+    ack8: u64,
 }
 
 impl AgentSession {
@@ -258,10 +384,20 @@ impl AgentSession {
                 retry_at: 0,
                 retry: Backoff::new(cfg.retry_min_ms, cfg.retry_max_ms),
                 stopped: false,
+                sent_ever: None,
+                seen_max: None,
+                seen: VecDeque::new(),
             })
             .collect();
         Self {
             backoff: Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms),
+            pacer: TokenBucket::new(cfg.max_kbps, cfg.max_batch_bytes, now),
+            throttled_since: None,
+            zstd: false,
+            compressor: None,
+            ping_out: None,
+            rtt8: 0,
+            ack8: 0,
             cfg,
             node_id: node_id.into(),
             epoch: epoch.into(),
@@ -317,6 +453,56 @@ impl AgentSession {
         &self.stats
     }
 
+    /// The codec the cloud picked for this connection: [`compress::ZSTD`] or empty (none; also
+    /// when not streaming).
+    pub fn codec(&self) -> &str {
+        if self.zstd {
+            ZSTD
+        } else {
+            ""
+        }
+    }
+
+    /// Per lane (highest priority first), how far behind it is, with ages as of the last `now`
+    /// the session was given. See [`LaneLag`].
+    pub fn lane_lag(&self) -> Vec<LaneLag> {
+        self.lane_lag_at(self.now)
+    }
+
+    /// [`AgentSession::lane_lag`] with ages as of `now` (an earlier `now` than the session's
+    /// counts as the session's).
+    pub fn lane_lag_at(&self, now: u64) -> Vec<LaneLag> {
+        let now = now.max(self.now);
+        self.lanes
+            .iter()
+            .enumerate()
+            .map(|(li, l)| {
+                let unacked = match (l.seen_max, l.acked) {
+                    (Some(m), Some(a)) => m > a,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                LaneLag {
+                    lane: l.name.clone(),
+                    acked: l.acked,
+                    in_flight_events: self
+                        .in_flight
+                        .values()
+                        .filter(|b| b.lane == li)
+                        .map(|b| b.events)
+                        .sum(),
+                    pending_events: l.pending.len() as u64,
+                    oldest_unacked_age_ms: l
+                        .seen
+                        .front()
+                        .filter(|_| unacked)
+                        .map(|(_, t)| now.saturating_sub(*t)),
+                    stopped: l.stopped,
+                }
+            })
+            .collect()
+    }
+
     /// When [`AgentSession::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<u64> {
         let t = match self.conn {
@@ -339,6 +525,12 @@ impl AgentSession {
                     }
                     if l.retry_at > self.now && !l.pending.is_empty() {
                         t = t.min(l.retry_at);
+                    }
+                }
+                // The cap holds a batch: wake when the bucket has paid its debt.
+                if self.throttled_since.is_some() {
+                    if let Some(r) = self.pacer.as_ref().and_then(TokenBucket::ready_at) {
+                        t = t.min(r);
                     }
                 }
                 t
@@ -393,6 +585,7 @@ impl AgentSession {
                     let nonce = self.next_nonce;
                     self.next_nonce += 1;
                     self.stats.pings_sent += 1;
+                    self.ping_out = Some((nonce, now));
                     self.send(agent_frame::Frame::Ping(Ping {
                         nonce,
                         sent_unix_nanos: i64::try_from(now.saturating_mul(1_000_000))
@@ -425,7 +618,11 @@ impl AgentSession {
             node_id: self.node_id.clone(),
             protocol_version: PROTOCOL_VERSION,
             resume_seq,
-            codecs: Vec::new(),
+            codecs: if self.cfg.compression {
+                vec![ZSTD.to_owned()]
+            } else {
+                Vec::new()
+            },
             epoch: self.epoch.clone(),
             lanes,
         }));
@@ -482,11 +679,19 @@ impl AgentSession {
             }
             last = Some(e.position);
         }
+        let mut recorded = false;
         for e in events {
             // Events at or below `next_after` are committed already (the watermark passed them
             // while the fetch was out); the rest continue the lane without a gap.
             if lane.next_after.is_none_or(|n| e.position > n) {
                 lane.next_after = Some(e.position);
+                if lane.seen_max.is_none_or(|m| e.position > m) {
+                    lane.seen_max = Some(e.position);
+                    if !recorded && lane.seen.len() < MAX_SEEN_RECORDS {
+                        lane.seen.push_back((e.position, now));
+                    }
+                    recorded = true;
+                }
                 lane.pending.push_back(e);
             }
         }
@@ -526,7 +731,7 @@ impl AgentSession {
                         self.on_credit(c.grant, c.window);
                         self.pump();
                     }
-                    cloud_frame::Frame::Pong(_) => {}
+                    cloud_frame::Frame::Pong(p) => self.on_pong(&p),
                 }
             }
         }
@@ -560,6 +765,9 @@ impl AgentSession {
             }
         }
         self.window = w.credit.min(self.cfg.max_window);
+        // Only what we offered: a codec the cloud should not have picked is ignored (plain
+        // batches are always valid).
+        self.zstd = self.cfg.compression && w.codec == ZSTD;
         self.backoff.reset();
         self.refused = false;
         self.conn = Conn::Streaming;
@@ -591,13 +799,38 @@ impl AgentSession {
         .min(self.cfg.max_window);
     }
 
+    fn on_pong(&mut self, p: &Pong) {
+        if let Some((nonce, sent_at)) = self.ping_out {
+            if p.nonce == nonce {
+                self.ping_out = None;
+                let sample = self.now.saturating_sub(sent_at);
+                self.stats.rtt_samples += 1;
+                self.stats.rtt_last_ms = sample;
+                self.stats.rtt_smoothed_ms = ewma(&mut self.rtt8, self.stats.rtt_samples, sample);
+            }
+        }
+    }
+
     fn on_ack(&mut self, a: Ack) {
         self.stats.acks += 1;
         let Some(li) = self.lane_index(&a.lane) else {
             return;
         };
+        self.stats.duplicates += u64::from(a.duplicates);
+        // Taken before `confirm`, which frees every batch the watermark covers.
+        let latency = self
+            .in_flight
+            .get(&a.batch_seq)
+            .filter(|b| b.lane == li && !b.abandoned)
+            .map(|b| self.now.saturating_sub(b.sent_at));
         if !self.confirm(li, a.watermark) {
             return;
+        }
+        if let Some(sample) = latency {
+            self.stats.ack_latency_samples += 1;
+            self.stats.ack_latency_last_ms = sample;
+            self.stats.ack_latency_smoothed_ms =
+                ewma(&mut self.ack8, self.stats.ack_latency_samples, sample);
         }
         if self
             .in_flight
@@ -714,6 +947,17 @@ impl AgentSession {
         let lane = &mut self.lanes[li];
         if lane.acked.is_none_or(|a| wm > a) {
             lane.acked = Some(wm);
+            // Records whose events are all at or below `wm` are done with.
+            while lane
+                .seen
+                .get(1)
+                .is_some_and(|r| r.0 <= wm.saturating_add(1))
+            {
+                lane.seen.pop_front();
+            }
+            if lane.seen_max.is_some_and(|m| m <= wm) {
+                lane.seen.clear();
+            }
             lane.resume_seq = lane.resume_seq.max(wm.saturating_add(1));
             self.actions.push_back(AgentAction::AckOutbox {
                 lane: lane.name.clone(),
@@ -760,9 +1004,15 @@ impl AgentSession {
         if let Some(e) = error {
             self.actions.push_back(AgentAction::Error(e));
         }
+        if self.conn == Conn::Streaming {
+            self.stats.reconnects += 1;
+        }
+        self.end_throttle();
         self.in_flight.clear();
         self.in_flight_events = 0;
         self.window = 0;
+        self.zstd = false;
+        self.ping_out = None;
         for l in &mut self.lanes {
             l.reset_connection();
         }
@@ -801,6 +1051,22 @@ impl AgentSession {
                 max_events: self.cfg.fetch_max_events - lane.pending.len(),
             });
         }
+        if self.send_ready(now) {
+            if self.throttled_since.is_none() {
+                self.throttled_since = Some(now);
+                self.stats.throttle_holds += 1;
+            }
+        } else {
+            self.end_throttle();
+        }
+    }
+
+    /// Sends what the credit and the bandwidth cap allow, highest priority lane first. Returns
+    /// whether the cap held a batch that could otherwise have gone.
+    fn send_ready(&mut self, now: u64) -> bool {
+        if let Some(p) = &mut self.pacer {
+            p.refill(now);
+        }
         for li in 0..self.lanes.len() {
             if self.lanes[li].stopped || self.lanes[li].retry_at > now {
                 continue;
@@ -808,10 +1074,23 @@ impl AgentSession {
             while !self.lanes[li].pending.is_empty() {
                 let avail = u64::from(self.window).saturating_sub(self.in_flight_events);
                 if avail == 0 {
-                    return; // lower lanes wait too: the window is the highest lanes' first
+                    return false; // lower lanes wait too: the window is the highest lanes' first
+                }
+                if self.pacer.as_ref().is_some_and(|p| !p.ready()) {
+                    // Lower lanes wait too: when the bucket refills, the highest lane with
+                    // events goes first, so an urgent event waits for at most one batch's debt.
+                    return true;
                 }
                 self.send_batch(li, avail);
             }
+        }
+        false
+    }
+
+    /// Ends a hold of the bandwidth cap (if one is in progress), counting its time.
+    fn end_throttle(&mut self) {
+        if let Some(since) = self.throttled_since.take() {
+            self.stats.throttled_ms += self.now.saturating_sub(since);
         }
     }
 
@@ -842,6 +1121,11 @@ impl AgentSession {
         let prev_seq = lane.prev;
         lane.prev = Some(last);
         lane.sent_max = Some(lane.sent_max.map_or(last, |s| s.max(last)));
+        let resent = match lane.sent_ever {
+            Some(m) => events.partition_point(|e| e.position <= m) as u64,
+            None => 0,
+        };
+        lane.sent_ever = Some(lane.sent_ever.map_or(last, |s| s.max(last)));
         let n = events.len() as u64;
         self.in_flight.insert(
             batch_seq,
@@ -857,27 +1141,82 @@ impl AgentSession {
         self.in_flight_events += n;
         self.stats.batches_sent += 1;
         self.stats.events_sent += n;
+        self.stats.retransmitted_events += resent;
         self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight_events);
         let priority = lane.name.clone();
-        self.send(agent_frame::Frame::Batch(Batch {
+        let raw = compress::raw_len(&events);
+        let (events, compressed) = self.maybe_compress(events, raw);
+        let codec = if compressed.is_empty() {
+            String::new()
+        } else {
+            self.stats.batches_compressed += 1;
+            ZSTD.to_owned()
+        };
+        self.stats.bytes_raw += raw as u64;
+        self.stats.last_batch_events = n;
+        let wire = self.send(agent_frame::Frame::Batch(Batch {
             batch_seq,
             events,
-            compressed: Vec::new(),
-            codec: String::new(),
+            compressed,
+            codec,
             priority,
             prev_seq,
         }));
+        self.stats.last_batch_bytes = wire as u64;
     }
 
-    fn send(&mut self, frame: agent_frame::Frame) {
+    /// The batch's (events, compressed bytes): compressed (and `events` empty) if the cloud
+    /// picked zstd, the encoding is at least `compress_min_bytes` and compression makes it
+    /// smaller; otherwise the events unchanged and no compressed bytes.
+    fn maybe_compress(&mut self, events: Vec<Event>, raw: usize) -> (Vec<Event>, Vec<u8>) {
+        if !self.zstd || raw < self.cfg.compress_min_bytes {
+            return (events, Vec::new());
+        }
+        if self.compressor.is_none() {
+            self.compressor = Compressor::new(self.cfg.compress_level).ok();
+        }
+        let Some(c) = self.compressor.as_mut() else {
+            return (events, Vec::new());
+        };
+        let (bytes, list) = compress::encode_events(events);
+        match c.compress(&bytes) {
+            Ok(z) if z.len() < bytes.len() => (Vec::new(), z),
+            _ => (list.events, Vec::new()),
+        }
+    }
+
+    /// Emits a frame and returns its encoded size, charged to the bandwidth cap and counted.
+    fn send(&mut self, frame: agent_frame::Frame) -> usize {
         self.last_send = self.now;
-        self.actions
-            .push_back(AgentAction::Send(AgentFrame { frame: Some(frame) }));
+        let frame = AgentFrame { frame: Some(frame) };
+        let len = frame.encoded_len();
+        if let Some(p) = &mut self.pacer {
+            p.refill(self.now);
+            p.charge(len);
+        }
+        if matches!(frame.frame, Some(agent_frame::Frame::Batch(_))) {
+            self.stats.bytes_wire += len as u64;
+        } else {
+            self.stats.bytes_control += len as u64;
+        }
+        self.actions.push_back(AgentAction::Send(frame));
+        len
     }
 
     fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
     }
+}
+
+/// One step of an exponentially weighted mean with weight 1/8 kept as `8 * mean` in `state8`
+/// (the first sample sets it); returns the mean.
+fn ewma(state8: &mut u64, samples: u64, sample: u64) -> u64 {
+    *state8 = if samples <= 1 {
+        sample.saturating_mul(8)
+    } else {
+        (*state8 - *state8 / 8).saturating_add(sample)
+    };
+    *state8 / 8
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ use outrider_proto::v1::{
     Nack, NackReason, Pong, Welcome,
 };
 use outrider_proto::Event;
+use prost::Message;
 
+use super::compress::{self, CodecError, ZSTD};
 use super::{SyncError, PROTOCOL_VERSION};
 
 /// Limits and credit policy of a cloud session.
@@ -41,6 +43,12 @@ pub struct CloudConfig {
     pub handshake_timeout_ms: u64,
     /// Close a connection the agent has not sent anything on for this long.
     pub idle_timeout_ms: u64,
+    /// A batch whose events encode (as an `EventList`, after decompression) to more bytes is
+    /// invalid. Also the hard cap on decompressing a batch, so a zstd bomb costs at most this.
+    pub max_batch_bytes: usize,
+    /// Pick zstd in the Welcome when the agent offers it (`Welcome.codec`); otherwise no codec
+    /// is picked and every compressed batch is invalid.
+    pub compression: bool,
 }
 
 impl Default for CloudConfig {
@@ -54,6 +62,8 @@ impl Default for CloudConfig {
             max_name_len: 256,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
+            max_batch_bytes: 4 << 20,
+            compression: true,
         }
     }
 }
@@ -108,8 +118,12 @@ pub enum CloudAction {
 }
 
 /// Counters of one cloud session.
+///
+/// Byte counts are protobuf encodings (transport framing not included); the compression ratio is
+/// `bytes_raw / bytes_wire`, the mean commit latency `commit_ms_total / commits`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CloudStats {
+    /// Batch frames received while streaming (valid or not).
     pub batches_received: u64,
     pub events_committed: u64,
     pub duplicates_dropped: u64,
@@ -119,6 +133,23 @@ pub struct CloudStats {
     pub nacks_store_unavailable: u64,
     /// The largest number of events held (queued or committing) at once.
     pub max_events_held: u64,
+    /// Encoded size of every Batch frame received while streaming (`AgentFrame` encoding, as
+    /// received: compressed or not).
+    pub bytes_wire: u64,
+    /// Encoded size of the events of every batch that decoded (the `EventList` encoding: after
+    /// decompression for compressed batches).
+    pub bytes_raw: u64,
+    /// Batches received compressed that decompressed and decoded.
+    pub batches_compressed: u64,
+    /// Commits the store reported durable ([`CommitOutcome::Committed`]).
+    pub commits: u64,
+    /// Time from [`CloudAction::Commit`] to its `Committed` outcome, summed over `commits`, in
+    /// ms of the `now` given to the session.
+    pub commit_ms_total: u64,
+    /// That time for the last commit.
+    pub commit_ms_last: u64,
+    /// The longest such time.
+    pub commit_ms_max: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +190,8 @@ struct Outstanding {
     events: u64,
     duplicates: u32,
     new_watermark: u64,
+    /// When the Commit was asked for.
+    started: u64,
 }
 
 /// The cloud side of one connection. See the [module docs](super) for the protocol.
@@ -178,6 +211,10 @@ pub struct CloudSession {
     outstanding: Option<Outstanding>,
     started: u64,
     last_recv: u64,
+    /// The latest `now` given.
+    now: u64,
+    /// The codec picked in the Welcome (empty: none).
+    codec: String,
     actions: VecDeque<CloudAction>,
     stats: CloudStats,
 }
@@ -203,6 +240,8 @@ impl CloudSession {
             outstanding: None,
             started: now,
             last_recv: now,
+            now,
+            codec: String::new(),
             actions: VecDeque::new(),
             stats: CloudStats::default(),
         }
@@ -250,6 +289,12 @@ impl CloudSession {
         &self.stats
     }
 
+    /// The codec picked for this connection ([`compress::ZSTD`] or empty: none). Set when the
+    /// Hello is accepted, announced in the Welcome.
+    pub fn codec(&self) -> &str {
+        &self.codec
+    }
+
     /// The next thing the shell must do.
     pub fn poll_action(&mut self) -> Option<CloudAction> {
         self.actions.pop_front()
@@ -268,6 +313,7 @@ impl CloudSession {
 
     /// Closes the session if the handshake or the agent took too long.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.now = self.now.max(now);
         match self.state {
             State::AwaitHello | State::Loading
                 if now >= self.started.saturating_add(self.cfg.handshake_timeout_ms) =>
@@ -289,6 +335,11 @@ impl CloudSession {
             return;
         }
         self.last_recv = self.last_recv.max(now);
+        self.now = self.now.max(now);
+        let wire = match &frame.frame {
+            Some(agent_frame::Frame::Batch(_)) => frame.encoded_len(),
+            _ => 0,
+        };
         match frame.frame {
             None => {} // an empty frame or a newer agent's frame kind: ignored
             Some(agent_frame::Frame::Ping(p)) => self.send(cloud_frame::Frame::Pong(Pong {
@@ -296,12 +347,13 @@ impl CloudSession {
                 sent_unix_nanos: p.sent_unix_nanos,
             })),
             Some(agent_frame::Frame::Hello(h)) => self.on_hello(h),
-            Some(agent_frame::Frame::Batch(b)) => self.on_batch(b),
+            Some(agent_frame::Frame::Batch(b)) => self.on_batch(b, wire),
         }
     }
 
     /// The answer to [`CloudAction::LoadWatermarks`]: (lane, watermark) of every lane that has one.
-    pub fn on_watermarks(&mut self, _now: u64, result: Result<Vec<(String, u64)>, String>) {
+    pub fn on_watermarks(&mut self, now: u64, result: Result<Vec<(String, u64)>, String>) {
+        self.now = self.now.max(now);
         match self.state {
             State::Loading => {}
             State::Closed => return,
@@ -338,16 +390,17 @@ impl CloudSession {
             watermark: 0,
             has_watermark: false,
             credit: self.window,
-            codec: String::new(),
+            codec: self.codec.clone(),
             lanes,
         }));
     }
 
     /// The answer to [`CloudAction::Commit`].
-    pub fn on_committed(&mut self, _now: u64, batch_seq: u64, outcome: CommitOutcome) {
+    pub fn on_committed(&mut self, now: u64, batch_seq: u64, outcome: CommitOutcome) {
         if self.state == State::Closed {
             return;
         }
+        self.now = self.now.max(now);
         let out = match self.outstanding.take() {
             Some(o) if o.batch_seq == batch_seq => o,
             other => {
@@ -359,6 +412,11 @@ impl CloudSession {
         self.held = self.held.saturating_sub(out.events);
         match outcome {
             CommitOutcome::Committed => {
+                let ms = self.now.saturating_sub(out.started);
+                self.stats.commits += 1;
+                self.stats.commit_ms_total = self.stats.commit_ms_total.saturating_add(ms);
+                self.stats.commit_ms_last = ms;
+                self.stats.commit_ms_max = self.stats.commit_ms_max.max(ms);
                 self.lanes[out.lane].watermark = Some(out.new_watermark);
                 self.stats.events_committed += out.events - u64::from(out.duplicates);
                 self.stats.duplicates_dropped += u64::from(out.duplicates);
@@ -426,6 +484,10 @@ impl CloudSession {
             return;
         }
         self.epoch = h.epoch;
+        // The agent lists what it accepts in preference order; zstd is the only codec here.
+        if self.cfg.compression && h.codecs.iter().any(|c| c == ZSTD) {
+            ZSTD.clone_into(&mut self.codec);
+        }
         self.lanes = h
             .lanes
             .into_iter()
@@ -463,7 +525,7 @@ impl CloudSession {
         Ok(())
     }
 
-    fn on_batch(&mut self, b: Batch) {
+    fn on_batch(&mut self, mut b: Batch, wire: usize) {
         if self.state != State::Streaming {
             self.close(Some(SyncError::UnexpectedFrame {
                 frame: "batch",
@@ -472,6 +534,7 @@ impl CloudSession {
             return;
         }
         self.stats.batches_received += 1;
+        self.stats.bytes_wire += wire as u64;
         let Some(lane) = self.lanes.iter().position(|l| l.name == b.priority) else {
             let msg = format!("lane {:?} was not named in the hello", b.priority);
             self.nack_raw(
@@ -483,11 +546,30 @@ impl CloudSession {
             );
             return;
         };
-        let n = b.events.len();
-        if !b.compressed.is_empty() || !b.codec.is_empty() {
-            let msg = "compressed batches must be decoded by the transport before the session";
-            return self.nack(b.batch_seq, lane, NackReason::InvalidBatch, msg);
+        let compressed = !b.compressed.is_empty() || !b.codec.is_empty();
+        let raw = if compressed {
+            match self.decompress(&mut b) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let msg = e.to_string();
+                    return self.nack(b.batch_seq, lane, NackReason::InvalidBatch, &msg);
+                }
+            }
+        } else {
+            compress::raw_len(&b.events)
+        };
+        if raw > self.cfg.max_batch_bytes {
+            let msg = format!(
+                "events encode to {raw} bytes, over the limit of {}",
+                self.cfg.max_batch_bytes
+            );
+            return self.nack(b.batch_seq, lane, NackReason::InvalidBatch, &msg);
         }
+        self.stats.bytes_raw += raw as u64;
+        if compressed {
+            self.stats.batches_compressed += 1;
+        }
+        let n = b.events.len();
         if n == 0 || n > self.cfg.max_batch_events {
             let msg = format!("must hold 1..={} events", self.cfg.max_batch_events);
             return self.nack(b.batch_seq, lane, NackReason::InvalidBatch, &msg);
@@ -506,6 +588,28 @@ impl CloudSession {
         self.stats.max_events_held = self.stats.max_events_held.max(self.held);
         self.queue.push_back(Queued { lane, batch: b });
         self.process_queue();
+    }
+
+    /// Replaces a compressed batch's payload by its events; returns their encoded size. Nothing
+    /// larger than `max_batch_bytes` is ever decompressed.
+    fn decompress(&self, b: &mut Batch) -> Result<usize, CodecError> {
+        if b.codec.is_empty() {
+            return Err(CodecError::Malformed("compressed bytes without a codec"));
+        }
+        if self.codec.is_empty() || b.codec != self.codec {
+            return Err(CodecError::NotNegotiated {
+                got: b.codec.clone(),
+                negotiated: self.codec.clone(),
+            });
+        }
+        if !b.events.is_empty() {
+            return Err(CodecError::Malformed("plain events beside compressed ones"));
+        }
+        let (events, raw) = compress::decompress_events(&b.compressed, self.cfg.max_batch_bytes)?;
+        b.events = events;
+        b.compressed = Vec::new();
+        b.codec.clear();
+        Ok(raw)
     }
 
     /// Checks and commits (or answers) queued batches until one commit is outstanding.
@@ -553,6 +657,7 @@ impl CloudSession {
                 events: n,
                 duplicates,
                 new_watermark,
+                started: self.now,
             });
             self.actions.push_back(CloudAction::Commit(CommitRequest {
                 node: self.node.clone(),

@@ -11,6 +11,8 @@
 //!   off, keeps alive.
 //! * [`CloudSession`] ([`cloud`]): one per connection; authenticates the Hello, dedupes, orders,
 //!   commits, acks, grants credit.
+//! * [`compress`]: the zstd batch codec (bounded decompression); [`pace`]: the agent's token
+//!   bucket for its bandwidth cap.
 //!
 //! # Terms
 //!
@@ -30,10 +32,12 @@
 //!
 //! ```text
 //! agent                                              cloud
-//!   Hello{node_id, version 1, epoch, lanes[name, resume_seq]} ─>
+//!   Hello{node_id, version 1, epoch, lanes[name, resume_seq], codecs ["zstd"]} ─>
 //!                                                      LoadWatermarks(node, epoch) ─> store
-//!   <─ Welcome{lanes[name, watermark, has_watermark], credit}
+//!   <─ Welcome{lanes[name, watermark, has_watermark], credit, codec ("zstd" or "")}
 //!   Batch{batch_seq, lane (= priority), prev_seq, events} ─>
+//!   Batch{batch_seq, lane, prev_seq, codec "zstd", compressed = zstd(EventList{events})} ─>
+//!                                                      (decompressed, then as a plain batch)
 //!                                                      Commit(events > watermark, new watermark)
 //!   <─ Ack{batch_seq, lane, watermark, duplicates}    (after the commit is durable)
 //!   <─ Nack{batch_seq, lane, reason, watermark}       (STORE_UNAVAILABLE, OUT_OF_ORDER,
@@ -45,7 +49,9 @@
 //! After the Welcome the agent reads each lane from the cloud's watermark (`outbox_read(after =
 //! watermark)`) and acks its outbox through it. It keeps at most `window` events in flight (sent,
 //! not yet answered) and fills the window from the highest-priority lane that has events, so a
-//! bulk backlog delays an urgent event by at most one window.
+//! bulk backlog delays an urgent event by at most one window (under a bandwidth cap, also by at
+//! most one batch; see [Flow control](#flow-control)). `Ping` goes after `keepalive_ms` without
+//! sending; its `Pong` gives the round trip time in the stats.
 //!
 //! # Why exactly once holds
 //!
@@ -85,13 +91,61 @@
 //! nothing waiting behind it, and halves (down to `min_credit`) when the store fails. A slow
 //! store slows the acks, and with them the agent: memory stays bounded on both sides.
 //!
+//! On the agent, a batch goes only when both the credit window and the bandwidth cap (below)
+//! allow it. Either way the highest-priority lane with events goes first whenever one may go, so a
+//! bulk backlog delays an urgent event by at most one window (credit) and one batch's worth of the
+//! cap's debt.
+//!
+//! # Compression and pacing
+//!
+//! **Negotiation.** The agent lists the codecs it accepts in `Hello.codecs` (`["zstd"]` when
+//! [`AgentConfig::compression`] is on); the cloud picks one in `Welcome.codec` (`"zstd"` if it
+//! was offered and [`CloudConfig::compression`] is on, else empty: none). A plain batch is always
+//! valid; a compressed one only with the codec picked for its connection. The agent ignores a
+//! codec it did not offer.
+//!
+//! **Batches.** Once zstd is picked, the agent compresses a batch whose events encode (as an
+//! `EventList`) to at least [`AgentConfig::compress_min_bytes`] (default 4 KiB) at
+//! [`AgentConfig::compress_level`] (default 1, see [`compress::DEFAULT_LEVEL`]) and sends it as
+//! `codec = "zstd"`, `compressed` = one zstd frame (declaring its content size) and no `events`
+//! — unless compression did not make it smaller, in which case it goes plain. Batch boundaries,
+//! seqs, `prev_seq` and credit (counted in events) are the same either way.
+//!
+//! **Decoding.** The cloud decompresses a batch as it arrives, before any other check, with a hard
+//! cap of [`CloudConfig::max_batch_bytes`] (default 4 MiB) on the decompressed size, which also
+//! bounds plain batches' encodings. A frame declaring more is refused before anything is
+//! allocated; a frame without a declared size is decoded as a stream that stops one byte past the
+//! cap (see [`compress`]). A corrupt frame, a bomb, a payload that is not an `EventList`, plain
+//! events beside compressed ones, or a codec that was not picked are answered with Nack
+//! INVALID_BATCH (the message says which) and nothing of the batch is held or committed; the
+//! agent stops that lane, as for any invalid batch. A batch that decodes is handled exactly like
+//! a plain one.
+//!
+//! **Bandwidth cap.** [`AgentConfig::max_kbps`] (0: none) caps the frame bytes the agent sends
+//! (protobuf encodings; transport framing is not counted) with a [`pace::TokenBucket`] driven by
+//! the session's `now`: every frame is charged, only batches are held. A batch may go when the
+//! bucket is not in debt and is then charged whole (the debt is paid by the refill before the
+//! next one), so over any period the agent sends at most `burst + rate × time + one batch`, where
+//! `burst` is the larger of 100 ms at the rate and one `max_batch_bytes` batch. While the cap
+//! holds a batch, [`AgentSession::poll_timeout`] includes the time the debt is paid.
+//!
+//! # Stats
+//!
+//! [`AgentStats`] and [`CloudStats`] count over a session's life: bytes before and after
+//! compression (`bytes_raw`, `bytes_wire`), compressed batches, retransmitted events, reconnects,
+//! duplicates, ping round trip and batch ack latency (last and smoothed), the last batch's size,
+//! time held by the cap; the cloud adds commit latency. [`AgentSession::lane_lag`] gives per lane
+//! the events in flight and read ahead and the age of the oldest unacknowledged event, measured
+//! on the session's clock from when the session first read it. Each field documents exactly what
+//! it counts.
+//!
 //! # Failure handling (agent)
 //!
 //! | event | reaction |
 //! | --- | --- |
 //! | Nack OUT_OF_ORDER | resend the lane from the cloud's watermark |
 //! | Nack STORE_UNAVAILABLE, CREDIT_EXCEEDED | pause the lane (jittered exponential backoff), then resend from the watermark |
-//! | Nack INVALID_BATCH | stop the lane and report [`AgentAction::LaneStopped`]; never skip events |
+//! | Nack INVALID_BATCH (also: a compressed batch the cloud could not decode) | stop the lane and report [`AgentAction::LaneStopped`]; never skip events |
 //! | Nack UNAUTHORIZED, UNSUPPORTED_PROTOCOL | close, report, reconnect after the longest backoff |
 //! | no answer to a batch for `response_timeout_ms` | presume it lost, resend the lane from the watermark |
 //! | nothing received for `idle_timeout_ms` (Pings go out every `keepalive_ms` of silence) | close and reconnect |
@@ -100,11 +154,14 @@
 pub mod agent;
 pub mod backoff;
 pub mod cloud;
+pub mod compress;
 mod error;
+pub mod pace;
 pub mod rng;
 
-pub use agent::{AgentAction, AgentConfig, AgentSession, AgentStats, LaneSpec};
+pub use agent::{AgentAction, AgentConfig, AgentSession, AgentStats, LaneLag, LaneSpec};
 pub use cloud::{CloudAction, CloudConfig, CloudSession, CloudStats, CommitOutcome, CommitRequest};
+pub use compress::CodecError;
 pub use error::SyncError;
 
 /// The protocol version both sessions speak (`Hello.protocol_version`, `Welcome.protocol_version`).
