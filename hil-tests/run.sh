@@ -8,7 +8,7 @@
 # Run as root from anywhere: `bash hil-tests/run.sh` (CI runs it from .ci/run). Environment:
 #   BIN_DIR      directory of outrider-agent, outrider-cloud, outrider and sync-bench
 #                (default target/debug, built with `cargo build` first; when set, nothing is built)
-#   TRANSPORTS   space-separated transports (default: grpc, and quic when the agent accepts it)
+#   TRANSPORTS   space-separated transports (default: grpc quic)
 #   LOSSES       space-separated loss percentages per direction (default "5 20")
 #   EVENTS       events appended per case at up to 5 % loss (default 20000)
 #   EVENTS_HIGH_LOSS  events appended per case above 5 % loss (default 10000: over gRPC, TCP
@@ -134,24 +134,24 @@ BENCH_BIN=$BIN_DIR/sync-bench
 WORK=$(mktemp -d /tmp/outrider-hil.XXXXXX)
 log "scratch $WORK, binaries $BIN_DIR"
 
-# Transports: as given, or grpc plus quic when the agent accepts it.
-if [[ -z ${TRANSPORTS:-} ]]; then
-    TRANSPORTS=grpc
-    cat >"$WORK/probe.toml" <<EOF
+# Transports: as given, else both. The agent must accept each one: a configuration it refuses
+# fails the run (nothing is skipped silently).
+TRANSPORTS=${TRANSPORTS:-grpc quic}
+for t in $TRANSPORTS; do
+    cat >"$WORK/check-$t.toml" <<EOF
 [sync]
 cloud_url = "https://$CLOUD_IP:$CLOUD_PORT"
-transport = "quic"
+transport = "$t"
 [sync.tls]
 ca = "ca.pem"
 cert = "node.pem"
 key = "node-key.pem"
 EOF
-    if "$AGENT_BIN" --config "$WORK/probe.toml" --print-config >/dev/null 2>&1; then
-        TRANSPORTS="grpc quic"
-    else
-        log "the agent does not accept sync.transport = \"quic\": testing grpc only"
+    if ! out=$("$AGENT_BIN" --config "$WORK/check-$t.toml" --print-config 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "the agent refuses sync.transport = \"$t\" (see above)"
     fi
-fi
+done
 log "transports: $TRANSPORTS; loss levels (each way): $LOSSES %"
 
 # --- topology -------------------------------------------------------------------

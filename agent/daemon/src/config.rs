@@ -24,12 +24,31 @@ use outrider_runtime::{ClassConfig, Durability, FullPolicy, LogConfig, VerifyOnO
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+pub use crate::probe_config::{
+    DnsRecordName, FailoverSection, HostSection, IcmpModeName, LinkSection, ProbeKindName,
+};
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "OUTRIDER_";
 
-/// Variables with [`ENV_PREFIX`] that belong to other tools (the CLI's agent URL) and are not
-/// configuration overrides.
+/// Variables with [`ENV_PREFIX`] that belong to other tools and are not configuration overrides:
+/// the CLI's agent URL, and the test and benchmark tooling's `OUTRIDER_TEST_*`, `OUTRIDER_PG_*`,
+/// `OUTRIDER_E2E_*`, `OUTRIDER_KILL_*`, `OUTRIDER_BENCH_*` (no configuration key starts so).
 const FOREIGN_ENV_VARS: &[&str] = &["OUTRIDER_AGENT"];
+const FOREIGN_ENV_PREFIXES: &[&str] = &[
+    "OUTRIDER_TEST_",
+    "OUTRIDER_PG_",
+    "OUTRIDER_E2E_",
+    "OUTRIDER_KILL_",
+    "OUTRIDER_BENCH_",
+];
+
+/// Whether `var` is a configuration override (not another tool's variable).
+fn is_override(var: &str) -> bool {
+    var.starts_with(ENV_PREFIX)
+        && !FOREIGN_ENV_VARS.contains(&var)
+        && !FOREIGN_ENV_PREFIXES.iter().any(|p| var.starts_with(p))
+}
 
 /// Node id used when none is configured and the hostname cannot be read.
 pub const FALLBACK_NODE_ID: &str = "edge";
@@ -73,7 +92,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
@@ -100,6 +119,14 @@ pub struct AgentConfig {
     /// `[sync]`: streaming the outbox to the cloud. Absent: no sync.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncSection>,
+    /// `[[links]]`: links to the cloud, probed for health (none by default).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkSection>,
+    /// `[failover]`: choosing the active link among `links`.
+    pub failover: FailoverSection,
+    /// `[host]`: host telemetry and alerts. Absent: not sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostSection>,
 }
 
 impl Default for AgentConfig {
@@ -112,6 +139,9 @@ impl Default for AgentConfig {
             outbox: OutboxSection::default(),
             logging: LoggingSection::default(),
             sync: None,
+            links: Vec::new(),
+            failover: FailoverSection::default(),
+            host: None,
         }
     }
 }
@@ -384,7 +414,7 @@ impl Default for SyncSection {
 }
 
 impl SyncSection {
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let scheme = self
             .cloud_url
             .split_once("://")
@@ -673,6 +703,10 @@ impl AgentConfig {
         if let Some(sync) = &self.sync {
             sync.validate()?;
         }
+        crate::probe_config::validate_links(&self.links, &self.failover, self.sync.as_ref())?;
+        if let Some(host) = &self.host {
+            host.validate()?;
+        }
         if let Err(e) = crate::logging::parse_filter(&self.logging.level) {
             return Err(ConfigError::invalid(
                 "logging.level",
@@ -771,10 +805,7 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let defaults = Table::try_from(AgentConfig::default()).unwrap_or_default();
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !FOREIGN_ENV_VARS.contains(&k.as_str()))
-        .collect();
+    let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| is_override(k)).collect();
     vars.sort();
     let mut sources = BTreeMap::new();
     for (var, raw) in vars {
@@ -856,6 +887,13 @@ fn deserialize(table: Table) -> Result<AgentConfig, ConfigError> {
         for (i, class) in classes.iter().enumerate() {
             if let Err(e) = ClassSection::deserialize(class.clone()) {
                 return Err(keyed(&e, &format!("outbox.classes[{i}]")));
+            }
+        }
+    }
+    if let Some(Value::Array(links)) = table.get("links") {
+        for (i, link) in links.iter().enumerate() {
+            if let Err(e) = LinkSection::deserialize(link.clone()) {
+                return Err(keyed(&e, &format!("links[{i}]")));
             }
         }
     }

@@ -34,6 +34,8 @@ pub struct Running {
     maintenance: Option<JoinHandle<()>>,
     /// The sync task, when `[sync]` is configured.
     sync: Option<crate::sync::SyncTask>,
+    /// Link probes and host telemetry (`[[links]]`, `[host]`).
+    probing: crate::probing::Probing,
 }
 
 impl Running {
@@ -55,6 +57,16 @@ impl Running {
     /// The sync task's status, when `[sync]` is configured.
     pub fn sync_status(&self) -> Option<watch::Receiver<crate::sync::SyncStatus>> {
         self.sync.as_ref().map(|t| t.status.clone())
+    }
+
+    /// The link probes' figures (`None` without `[[links]]`).
+    pub fn links(&self) -> Option<outrider_probe::ProberSnapshot> {
+        self.probing.metrics.links()
+    }
+
+    /// The active link's sync route (`None` until a link is active, or without `[[links]]`).
+    pub fn sync_route(&self) -> watch::Receiver<Option<crate::probing::SyncRoute>> {
+        self.probing.route.clone()
     }
 
     /// Resolves if a server stops on its own (which only an error makes it do) and says why.
@@ -102,6 +114,7 @@ impl Running {
             h.abort();
             let _ = h.await;
         }
+        self.probing.stop();
         if let Some(mut h) = self.sync.take().map(|t| t.handle) {
             if tokio::time::timeout(DRAIN_TIMEOUT, &mut h).await.is_err() {
                 tracing::warn!("the sync task did not stop in time; cutting it off");
@@ -201,7 +214,12 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Before serving: a bad [sync] setting (e.g. an unreadable TLS file) stops the start.
+    // Before serving: a bad [[links]] or [sync] setting (an unresolvable target, an unreadable
+    // TLS file) stops the start.
+    let probing = crate::probing::start(&cfg, log.clone(), stopped.clone())
+        .await
+        .context("cannot start the link probes")?;
+    let checked = crate::probing::sync_routes(&cfg);
     let sync = match &cfg.sync {
         Some(sync_cfg) => Some(
             crate::sync::spawn(
@@ -209,6 +227,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
                 cfg.node_id.clone(),
                 sync_cfg.clone(),
                 stopped.clone(),
+                (!checked.is_empty()).then(|| probing.route.clone()),
+                &checked,
             )
             .context("cannot start sync")?,
         ),
@@ -223,7 +243,11 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
             .serve_with_incoming_shutdown(incoming, stop_signal(stopped.clone())),
     );
 
-    let app = crate::metrics::router(log.clone(), sync.as_ref().map(|t| t.status.clone()));
+    let app = crate::metrics::router(
+        log.clone(),
+        sync.as_ref().map(|t| t.status.clone()),
+        probing.metrics.clone(),
+    );
     let metrics_stop = stop_signal(stopped.clone());
     let metrics = tokio::spawn(async move {
         axum::serve(metrics_listener, app)
@@ -246,6 +270,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Running> {
         metrics: Some(metrics),
         maintenance: Some(maintenance),
         sync,
+        probing,
     })
 }
 

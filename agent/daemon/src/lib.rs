@@ -10,6 +10,9 @@
 //! * [`daemon`]: [`start`] / [`run`]: open the log, serve, maintain, shut down gracefully.
 //! * [`logging`]: the agent's own `tracing` output.
 //! * [`sync`]: streaming the outbox to the cloud over gRPC with mTLS, when `[sync]` is set.
+//! * [`probing`]: link probes, failover and host health (`[[links]]`, `[failover]`, `[host]`,
+//!   parsed by [`probe_config`]): their events go to the log, their figures to `/metrics`, and
+//!   the active link's route to the sync task, which reconnects through it.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -27,6 +30,8 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod probe_config;
+pub mod probing;
 pub mod sync;
 
 pub use config::{AgentConfig, ConfigError};

@@ -10,7 +10,9 @@ use outrider_runtime::metrics::{float, Exposition};
 use outrider_runtime::Log;
 use tokio::sync::watch;
 
+use crate::probing::{HostState, ProbeMetrics};
 use crate::sync::SyncStatus;
+use outrider_probe::ProberSnapshot;
 
 pub use outrider_runtime::metrics::CONTENT_TYPE_TEXT;
 
@@ -19,21 +21,24 @@ pub use outrider_runtime::metrics::CONTENT_TYPE_TEXT;
 struct Sources {
     log: Log,
     sync: Option<watch::Receiver<SyncStatus>>,
+    probes: ProbeMetrics,
 }
 
 /// The HTTP routes: `/metrics` and `/healthz`.
-pub fn router(log: Log, sync: Option<watch::Receiver<SyncStatus>>) -> Router {
+pub fn router(log: Log, sync: Option<watch::Receiver<SyncStatus>>, probes: ProbeMetrics) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Sources { log, sync })
+        .with_state(Sources { log, sync, probes })
 }
 
 async fn metrics_handler(State(src): State<Sources>) -> impl IntoResponse {
     let sync = src.sync.as_ref().map(|s| s.borrow().clone());
+    let links = src.probes.links();
+    let host = src.probes.host();
     (
         [(CONTENT_TYPE, CONTENT_TYPE_TEXT)],
-        render(&src.log, sync.as_ref()),
+        render_all(&src.log, sync.as_ref(), links.as_ref(), host.as_ref()),
     )
 }
 
@@ -59,10 +64,27 @@ fn page_size() -> u64 {
 /// Renders every metric of `log`, of the sync task when there is one, and of the process, in the
 /// Prometheus text format.
 pub fn render(log: &Log, sync: Option<&SyncStatus>) -> String {
+    render_all(log, sync, None, None)
+}
+
+/// [`render`] with the link probes' families (`outrider_probe::metrics::write_links`) and the
+/// host's (`outrider_host_*`) when they run.
+pub fn render_all(
+    log: &Log,
+    sync: Option<&SyncStatus>,
+    links: Option<&ProberSnapshot>,
+    host: Option<&HostState>,
+) -> String {
     let mut x = Exposition::new();
     outrider_runtime::metrics::write_log(&mut x, log);
     if let Some(st) = sync {
         write_sync(&mut x, st);
+    }
+    if let Some(l) = links {
+        outrider_probe::metrics::write_links(&mut x, l);
+    }
+    if let Some(h) = host {
+        write_host(&mut x, h);
     }
     x.single(
         "outrider_process_resident_memory_bytes",
@@ -108,6 +130,14 @@ fn write_sync(x: &mut Exposition, st: &SyncStatus) {
         ],
         1,
     );
+    if let Some(link) = &st.link {
+        x.family(
+            "outrider_sync_link_info",
+            "gauge",
+            "The [[links]] link whose route the current sync connection took.",
+        );
+        x.sample("outrider_sync_link_info", &[("link", link)], 1);
+    }
     let counters: [(&str, &str, u64); 15] = [
         (
             "outrider_sync_connects_total",
@@ -256,6 +286,119 @@ fn write_sync(x: &mut Exposition, st: &SyncStatus) {
         x.family(name, "gauge", help);
         for l in &st.lanes {
             x.sample(name, &[("lane", &l.lane)], figure(l));
+        }
+    }
+}
+
+/// The host's figures (`outrider_host_*`) from its latest sample; nothing before the first one.
+pub fn write_host(x: &mut Exposition, h: &HostState) {
+    x.single(
+        "outrider_host_alerts_active",
+        "gauge",
+        "Host alerts raised now (disk, memory, NIC errors).",
+        h.active_alerts,
+    );
+    let Some(s) = &h.sample else { return };
+    x.single(
+        "outrider_host_cpu_percent",
+        "gauge",
+        "Global CPU usage in percent (0 on the first sample).",
+        float(f64::from(s.cpu_percent)),
+    );
+    x.single("outrider_host_cpus", "gauge", "Logical CPUs.", s.cpus);
+    x.single(
+        "outrider_host_memory_total_bytes",
+        "gauge",
+        "Total memory.",
+        s.memory_total_bytes,
+    );
+    x.single(
+        "outrider_host_memory_available_bytes",
+        "gauge",
+        "Available memory.",
+        s.memory_available_bytes,
+    );
+    x.single(
+        "outrider_host_swap_total_bytes",
+        "gauge",
+        "Total swap.",
+        s.swap_total_bytes,
+    );
+    x.single(
+        "outrider_host_swap_used_bytes",
+        "gauge",
+        "Used swap.",
+        s.swap_used_bytes,
+    );
+    if let Some(load) = s.load {
+        x.family("outrider_host_load", "gauge", "Load averages.");
+        for (period, v) in ["1m", "5m", "15m"].iter().zip(load) {
+            x.sample("outrider_host_load", &[("period", period)], float(v));
+        }
+    }
+    if let Some(u) = s.uptime_seconds {
+        x.single(
+            "outrider_host_uptime_seconds",
+            "gauge",
+            "Seconds since the host booted.",
+            u,
+        );
+    }
+    x.family(
+        "outrider_host_disk_total_bytes",
+        "gauge",
+        "Size of the file system of a mount point.",
+    );
+    for d in &s.disks {
+        x.sample(
+            "outrider_host_disk_total_bytes",
+            &[("mount", &d.mount), ("fs", &d.file_system)],
+            d.total_bytes,
+        );
+    }
+    x.family(
+        "outrider_host_disk_available_bytes",
+        "gauge",
+        "Space available on the file system of a mount point.",
+    );
+    for d in &s.disks {
+        x.sample(
+            "outrider_host_disk_available_bytes",
+            &[("mount", &d.mount), ("fs", &d.file_system)],
+            d.available_bytes,
+        );
+    }
+    type Counter = fn(&outrider_probe::host::NicCounters) -> u64;
+    let nic: [(&str, &str, Counter); 6] = [
+        ("outrider_host_nic_rx_bytes_total", "Bytes received.", |c| {
+            c.rx_bytes
+        }),
+        ("outrider_host_nic_tx_bytes_total", "Bytes sent.", |c| {
+            c.tx_bytes
+        }),
+        (
+            "outrider_host_nic_rx_errors_total",
+            "Receive errors.",
+            |c| c.rx_errors,
+        ),
+        ("outrider_host_nic_tx_errors_total", "Send errors.", |c| {
+            c.tx_errors
+        }),
+        (
+            "outrider_host_nic_rx_drops_total",
+            "Received packets dropped.",
+            |c| c.rx_drops,
+        ),
+        (
+            "outrider_host_nic_tx_drops_total",
+            "Packets to send dropped.",
+            |c| c.tx_drops,
+        ),
+    ];
+    for (name, help, get) in nic {
+        x.family(name, "counter", help);
+        for (iface, c) in &s.nics {
+            x.sample(name, &[("interface", iface)], get(c));
         }
     }
 }

@@ -142,8 +142,12 @@ destinations = ["file-dest"]
             ("OUTRIDER_API__LISTEN", "0.0.0.0:7400"),
             ("OUTRIDER_OUTBOX__DESTINATIONS", "cloud, backup"),
             ("OUTRIDER_LOGGING__FORMAT", "json"),
-            // The CLI's variable is not a configuration key.
+            // The CLI's variable is not a configuration key, nor the test tooling's.
             ("OUTRIDER_AGENT", "http://127.0.0.1:7400"),
+            ("OUTRIDER_TEST_PG", "host=127.0.0.1 port=5432"),
+            ("OUTRIDER_PG_HOME", "/tmp/pg"),
+            ("OUTRIDER_E2E_SEED", "42"),
+            ("OUTRIDER_KILL_ROUNDS", "3"),
             // Not ours at all.
             ("PATH", "/usr/bin"),
         ]),

@@ -99,6 +99,8 @@ impl Default for Params {
                 idle_timeout_ms: 4_000,
                 max_batch_bytes: 64 * 1024,
                 compression: true,
+                // Merged commits under loss, duplication and reordering (batches are ≤ 64).
+                max_commit_events: 160,
             },
         }
     }
@@ -759,6 +761,7 @@ fn add_stats(total: &mut CloudStats, s: &CloudStats) {
     total.bytes_raw += s.bytes_raw;
     total.batches_compressed += s.batches_compressed;
     total.commits += s.commits;
+    total.merged_batches += s.merged_batches;
 }
 
 /// The seqs of a batch frame's events, decompressing it if need be.
@@ -827,6 +830,29 @@ fn plain_transfer() {
                 "seed {seed}: {lag:?}"
             );
         }
+    }
+}
+
+/// A backlog behind a slow store: the batches that queue while a commit is outstanding go into
+/// the next commit together, and everything still arrives exactly once, in order.
+#[test]
+fn a_backlog_behind_a_slow_store_is_committed_in_merged_commits() {
+    let p = Params {
+        events: 2_000,
+        produce_over_ms: 0,
+        store_delay_min: 20,
+        store_delay_max: 40,
+        ..Params::default()
+    };
+    for seed in seeds(20) {
+        let sim = run(&p, seed);
+        let c = sim.cloud_stats();
+        assert_eq!(c.events_committed, p.events as u64, "seed {seed}");
+        assert!(c.merged_batches > 0, "seed {seed}: nothing merged: {c:?}");
+        assert!(
+            c.commits < c.batches_received,
+            "seed {seed}: fewer commits than batches: {c:?}"
+        );
     }
 }
 

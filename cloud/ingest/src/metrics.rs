@@ -26,7 +26,7 @@ pub fn render(stats: &IngestStats, store: Option<&Log>) -> String {
 
 /// The ingest service's families.
 pub fn write_ingest(x: &mut Exposition, s: &IngestStats) {
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 9] = [
         (
             "outrider_ingest_sessions_total",
             "Sync sessions started (a node proved its identity).",
@@ -56,6 +56,11 @@ pub fn write_ingest(x: &mut Exposition, s: &IngestStats) {
             "outrider_ingest_batches_compressed_total",
             "Batches received compressed.",
             s.batches_compressed.load(Relaxed),
+        ),
+        (
+            "outrider_ingest_merged_batches_total",
+            "Batches committed together with an earlier one (queued while the store was busy).",
+            s.merged_batches.load(Relaxed),
         ),
         (
             "outrider_ingest_commit_conflicts_total",

@@ -71,6 +71,8 @@ pub struct IngestStats {
     /// Commits the store reported durable, and the time they took (ms, summed).
     pub commits: AtomicU64,
     pub commit_ms_total: AtomicU64,
+    /// Batches committed together with an earlier one (merged while the store was busy).
+    pub merged_batches: AtomicU64,
 }
 
 impl IngestStats {
@@ -81,7 +83,7 @@ impl IngestStats {
     /// Adds what a session counted since `seen` (its previous snapshot), and moves `seen` on:
     /// the service's figures follow every session live, not only when it ends.
     pub(crate) fn absorb(&self, seen: &mut CloudStats, now: &CloudStats) {
-        let pairs: [(&AtomicU64, u64, u64); 12] = [
+        let pairs: [(&AtomicU64, u64, u64); 13] = [
             (
                 &self.events_committed,
                 seen.events_committed,
@@ -125,6 +127,11 @@ impl IngestStats {
                 &self.commit_ms_total,
                 seen.commit_ms_total,
                 now.commit_ms_total,
+            ),
+            (
+                &self.merged_batches,
+                seen.merged_batches,
+                now.merged_batches,
             ),
         ];
         for (c, before, after) in pairs {

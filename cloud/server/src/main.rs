@@ -6,6 +6,7 @@
 //! quic = true                 # default; false: gRPC only
 //! metrics_listen = "127.0.0.1:9465"   # Prometheus /metrics and /healthz (absent: not served)
 //! data_dir = "./data/cloud"
+//! probe_echo_listen = "0.0.0.0:7444" # UDP echo for the agents' udp_echo link probes (absent: off)
 //! [tls]                     # mTLS: the node id comes from the client certificate
 //! ca = "certs/ca.pem"
 //! cert = "certs/server.pem"
@@ -52,6 +53,9 @@ struct CloudConfig {
     /// Plain text without authentication (development only).
     #[serde(default)]
     insecure: bool,
+    /// The UDP echo responder for the agents' `udp_echo` link probes; not served when absent.
+    #[serde(default)]
+    probe_echo_listen: Option<SocketAddr>,
 }
 
 fn yes() -> bool {
@@ -122,6 +126,10 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
     let mut server_cfg = ServerConfig::new(cfg.listen, security);
     server_cfg.quic = cfg.quic;
     let server = outrider_ingest::Server::bind(server_cfg).await?;
+    let echo = match cfg.probe_echo_listen {
+        Some(addr) => Some(serve_echo(addr).await?),
+        None => None,
+    };
     let stats = server.stats();
     let metrics = match cfg.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, stats, log.clone()).await?),
@@ -135,6 +143,9 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
         .await;
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(e) = echo {
+        e.abort();
     }
     let closed = tokio::task::spawn_blocking(move || log.close())
         .await
@@ -175,6 +186,21 @@ async fn serve_metrics(
     Ok(tokio::spawn(
         async move { axum::serve(listener, app).await },
     ))
+}
+
+/// Answers the agents' UDP echo link probes on `addr` (`outrider_probe::probe::udp`).
+async fn serve_echo(addr: SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("probe_echo_listen: cannot bind UDP {addr}"))?;
+    let local = socket.local_addr().context("probe echo socket address")?;
+    tracing::info!(listen = %local, "probe echo listening");
+    Ok(tokio::spawn(async move {
+        let stats = outrider_probe::probe::udp::EchoStats::default();
+        if let Err(e) = outrider_probe::probe::udp::serve_udp_echo(&socket, &stats).await {
+            tracing::error!(error = %e, "the probe echo responder stopped");
+        }
+    }))
 }
 
 /// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).
@@ -225,5 +251,10 @@ mod tests {
         let c =
             parse("listen = \"127.0.0.1:0\"\ndata_dir = \"d\"\ninsecure = true\nquic = false\n");
         assert!(!c.quic);
+        assert_eq!(c.probe_echo_listen, None);
+        assert_eq!(
+            example.probe_echo_listen,
+            Some("0.0.0.0:7444".parse().unwrap())
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! rustls and ring) and one `outrider.v1.Sync/Session` bidirectional stream on it. Insecure mode
 //! is plain-text HTTP/2.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -23,11 +24,14 @@ impl GrpcConnector {
         cloud_url: &str,
         tls: Option<&TlsPem>,
         connect_timeout: Duration,
+        local: Option<IpAddr>,
     ) -> anyhow::Result<Self> {
+        // `local`: the active link's `sync_local_addr`, the TCP connection's source address.
         let mut endpoint = Endpoint::from_shared(cloud_url.to_string())
             .with_context(|| format!("sync.cloud_url {cloud_url:?}"))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .local_address(local);
         if let Some(pem) = tls {
             let tls_cfg = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(pem.ca.clone()))

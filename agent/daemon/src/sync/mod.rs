@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{SyncSection, SyncTransport};
+use crate::probing::SyncRoute;
 
 /// Frames buffered in the outbound channel of one connection.
 const OUTBOUND_FRAMES: usize = 1024;
@@ -202,44 +203,58 @@ struct Attempt {
     quic_failed: Option<String>,
 }
 
-/// Makes connections; built once from the configuration (TLS files read at start).
+/// Makes connections; built from the configuration (TLS files read once at start) and the
+/// active link's route (a source address to bind, a cloud URL).
 #[derive(Clone)]
 struct Connector {
     grpc: Option<grpc::GrpcConnector>,
     quic: Option<quic::QuicConnector>,
     timeout: Duration,
+    /// The link whose route this connector follows (`None`: no link route).
+    link: Option<String>,
+}
+
+/// Reads the TLS files of `[sync.tls]`.
+fn read_tls(cfg: &SyncSection) -> anyhow::Result<Option<TlsPem>> {
+    Ok(match &cfg.tls {
+        Some(tls) => {
+            let read = |p: &std::path::Path, what: &str| {
+                std::fs::read(p)
+                    .with_context(|| format!("sync.tls.{what}: cannot read {}", p.display()))
+            };
+            Some(TlsPem {
+                ca: read(&tls.ca, "ca")?,
+                cert: read(&tls.cert, "cert")?,
+                key: read(&tls.key, "key")?,
+            })
+        }
+        None => None,
+    })
 }
 
 impl Connector {
-    fn new(cfg: &SyncSection) -> anyhow::Result<Self> {
-        let tls = match &cfg.tls {
-            Some(tls) => {
-                let read = |p: &std::path::Path, what: &str| {
-                    std::fs::read(p)
-                        .with_context(|| format!("sync.tls.{what}: cannot read {}", p.display()))
-                };
-                Some(TlsPem {
-                    ca: read(&tls.ca, "ca")?,
-                    cert: read(&tls.cert, "cert")?,
-                    key: read(&tls.key, "key")?,
-                })
-            }
-            None => None,
-        };
+    fn new(
+        cfg: &SyncSection,
+        tls: Option<&TlsPem>,
+        route: Option<&SyncRoute>,
+    ) -> anyhow::Result<Self> {
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let url = route
+            .and_then(|r| r.cloud_url.as_deref())
+            .unwrap_or(&cfg.cloud_url);
+        let local = route.and_then(|r| r.local_addr);
         let grpc = match cfg.transport {
-            SyncTransport::Grpc | SyncTransport::Auto => Some(grpc::GrpcConnector::new(
-                &cfg.cloud_url,
-                tls.as_ref(),
-                timeout,
-            )?),
+            SyncTransport::Grpc | SyncTransport::Auto => {
+                Some(grpc::GrpcConnector::new(url, tls, timeout, local)?)
+            }
             SyncTransport::Quic => None,
         };
         let quic = match cfg.transport {
             SyncTransport::Quic | SyncTransport::Auto => Some(quic::QuicConnector::new(
-                &Endpoint::parse(&cfg.cloud_url)?,
-                tls.as_ref(),
+                &Endpoint::parse(url)?,
+                tls,
                 Duration::from_millis(cfg.quic_idle_timeout_ms),
+                local,
             )?),
             SyncTransport::Grpc => None,
         };
@@ -247,6 +262,7 @@ impl Connector {
             grpc,
             quic,
             timeout,
+            link: route.map(|r| r.link.clone()),
         })
     }
 
@@ -329,6 +345,9 @@ pub struct SyncStatus {
     pub lanes: Vec<LaneLag>,
     /// The batch codec the handshake picked (empty: none).
     pub codec: String,
+    /// The link (`[[links]]`) whose route the current connection took (`None`: no link route,
+    /// or no connection).
+    pub link: Option<String>,
 }
 
 /// The running sync task.
@@ -340,13 +359,25 @@ pub struct SyncTask {
 
 /// Starts the sync task; it runs until `stopped` turns true. Fails at once on an unreadable TLS
 /// file or a bad URL.
+///
+/// `routes` (when links are probed) carries the active link's [`SyncRoute`]: when it changes,
+/// the connection is dropped and the session reconnects through the new route (the protocol
+/// resumes from the cloud's watermarks: nothing is lost or duplicated). `checked` are every
+/// link's routes, built once here so that a bad one fails the start.
 pub fn spawn(
     log: Log,
     node_id: String,
     cfg: SyncSection,
     stopped: watch::Receiver<bool>,
+    routes: Option<watch::Receiver<Option<SyncRoute>>>,
+    checked: &[SyncRoute],
 ) -> anyhow::Result<SyncTask> {
-    let connector = Connector::new(&cfg)?;
+    let tls = read_tls(&cfg)?;
+    let connector = Connector::new(&cfg, tls.as_ref(), None)?;
+    for r in checked {
+        Connector::new(&cfg, tls.as_ref(), Some(r))
+            .with_context(|| format!("link {:?}", r.link))?;
+    }
     let dest = cfg.destination.clone();
     let mut lanes = Vec::new();
     for class in log.class_names() {
@@ -365,7 +396,9 @@ pub fn spawn(
         );
     }
     let (status_tx, status) = watch::channel(SyncStatus::default());
-    let handle = tokio::spawn(run(log, node_id, cfg, connector, lanes, stopped, status_tx));
+    let handle = tokio::spawn(run(
+        log, node_id, cfg, tls, connector, routes, lanes, stopped, status_tx,
+    ));
     Ok(SyncTask { handle, status })
 }
 
@@ -416,11 +449,30 @@ async fn watch_outbox(log: Log, tx: mpsc::Sender<()>, mut stopped: watch::Receiv
     }
 }
 
+/// The next change of the active link's route; pending forever without routes.
+async fn route_changed(
+    routes: &mut Option<watch::Receiver<Option<SyncRoute>>>,
+) -> Option<Option<SyncRoute>> {
+    match routes {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => {
+                *routes = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     log: Log,
     node_id: String,
     cfg: SyncSection,
-    connector: Connector,
+    tls: Option<TlsPem>,
+    mut connector: Connector,
+    mut routes: Option<watch::Receiver<Option<SyncRoute>>>,
     lanes: Vec<LaneSpec>,
     mut stopped: watch::Receiver<bool>,
     status: watch::Sender<SyncStatus>,
@@ -465,6 +517,24 @@ async fn run(
     let (conn_tx, mut conn_rx) = mpsc::channel::<(u64, Attempt)>(4);
     let (probe_tx, mut probe_rx) = mpsc::channel::<anyhow::Result<Conn>>(1);
     let mut link = Link::default();
+    // The route in force when the task starts (a link may already be active).
+    let mut route: Option<SyncRoute> = None;
+    if let Some(rx) = routes.as_mut() {
+        let r = rx.borrow_and_update().clone();
+        if let Some(r) = r {
+            match Connector::new(&cfg, tls.as_ref(), Some(&r)) {
+                Ok(c) => {
+                    connector = c;
+                    route = Some(r);
+                }
+                Err(e) => {
+                    tracing::warn!(link = %r.link, error = format!("{e:#}"), "cannot use the link's sync route")
+                }
+            }
+        }
+    }
+    // The link of the current connection.
+    let mut conn_link: Option<String> = None;
     let mut last_error: Option<String> = None;
     let mut auto = (cfg.transport == SyncTransport::Auto).then(|| Auto {
         retry: Duration::from_millis(cfg.quic_retry_ms),
@@ -538,14 +608,21 @@ async fn run(
             }
         }
         let lanes = s.lane_lag_at(now());
+        let cur_link = if link.kind.is_some() {
+            conn_link.clone()
+        } else {
+            None
+        };
         status.send_if_modified(|st| {
             let changed = st.streaming != s.is_streaming()
                 || st.transport != link.kind
                 || st.stats != *s.stats()
                 || st.last_error != last_error
                 || st.lanes != lanes
-                || st.codec != s.codec();
+                || st.codec != s.codec()
+                || st.link != cur_link;
             if changed {
+                st.link.clone_from(&cur_link);
                 st.streaming = s.is_streaming();
                 st.transport = link.kind;
                 st.stats = s.stats().clone();
@@ -563,6 +640,34 @@ async fn run(
         };
         tokio::select! {
             () = wait_stop(&mut stopped) => break,
+            Some(r) = route_changed(&mut routes) => {
+                let same = |a: &Option<SyncRoute>, b: &Option<SyncRoute>| {
+                    a.as_ref().map(|r| (r.local_addr, &r.cloud_url)) == b.as_ref().map(|r| (r.local_addr, &r.cloud_url))
+                };
+                let from = route.as_ref().map(|r| r.link.clone());
+                let to = r.as_ref().map(|r| r.link.clone());
+                if same(&route, &r) {
+                    route = r;
+                    connector.link.clone_from(&to);
+                    conn_link = to;
+                    continue;
+                }
+                match Connector::new(&cfg, tls.as_ref(), r.as_ref()) {
+                    Ok(c) => {
+                        tracing::info!(from = ?from, to = ?to, "the active link changed: the sync session reconnects through it");
+                        connector = c;
+                        route = r;
+                        // Drop the connection (or abandon the attempt) and reconnect through
+                        // the new route; the session resumes from the cloud's watermarks.
+                        link.reset();
+                        // Not a QUIC failure: `auto` keeps preferring QUIC.
+                        link.quic_lost_early = false;
+                        conn_link = None;
+                        s.on_disconnected(now());
+                    }
+                    Err(e) => tracing::warn!(to = ?to, error = format!("{e:#}"), "cannot use the link's sync route; keeping the current one"),
+                }
+            }
             () = sleep_until(deadline) => s.handle_timeout(now()),
             () = sleep_until(probe_at) => {
                 if let Some(a) = auto.as_mut() {
@@ -614,6 +719,7 @@ async fn run(
                         }
                         tracing::debug!(cloud_url = %cfg.cloud_url, transport = %c.kind, "sync connected");
                         link.set(c);
+                        conn_link.clone_from(&connector.link);
                         s.on_connected(now());
                     }
                     Err(e) => {

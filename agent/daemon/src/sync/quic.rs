@@ -13,7 +13,7 @@
 //! The frame codec is a copy of `outrider_ingest::framing` (the agent never depends on a cloud
 //! crate); the two must agree.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ pub(super) struct QuicConnector {
     port: u16,
     server_name: String,
     client: quinn::ClientConfig,
+    /// The active link's `sync_local_addr`: the UDP socket's source address.
+    local: Option<IpAddr>,
 }
 
 impl QuicConnector {
@@ -56,6 +58,7 @@ impl QuicConnector {
         endpoint: &Endpoint,
         tls: Option<&TlsPem>,
         idle_timeout: Duration,
+        local: Option<IpAddr>,
     ) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -108,6 +111,7 @@ impl QuicConnector {
             port: endpoint.port,
             server_name,
             client,
+            local,
         })
     }
 
@@ -120,12 +124,13 @@ impl QuicConnector {
                 .with_context(|| format!("cannot resolve {}", self.host))?
                 .next()
                 .ok_or_else(|| anyhow!("{} has no address", self.host))?;
-            let local: SocketAddr = match addr {
-                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            let local: SocketAddr = match (self.local, addr) {
+                (Some(ip), _) => (ip, 0).into(),
+                (None, SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                (None, SocketAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
             };
-            let endpoint =
-                quinn::Endpoint::client(local).context("cannot open a UDP socket for QUIC")?;
+            let endpoint = quinn::Endpoint::client(local)
+                .with_context(|| format!("cannot open a UDP socket for QUIC on {local}"))?;
             let connection = endpoint
                 .connect_with(self.client.clone(), addr, &self.server_name)
                 .map_err(|e| anyhow!("cannot start a QUIC connection to {addr}: {e}"))?

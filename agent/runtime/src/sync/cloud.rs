@@ -10,7 +10,10 @@
 //! batches received meanwhile wait in a queue bounded by the credit window (a batch beyond it is
 //! refused with CREDIT_EXCEEDED, never buffered). Each batch is checked against the lane's
 //! committed watermark *when its turn comes*, so the checks always see the result of the previous
-//! commit.
+//! commit. When its turn comes, the batches of the same lane queued right behind it that chain
+//! exactly onto it (each one's `prev_seq` is the last seq before it) go into the same commit, up
+//! to `max_commit_events`: one store write and one fsync for everything that arrived while the
+//! store was busy. Each merged batch is acked (or nacked) on its own when that commit completes.
 
 use std::collections::VecDeque;
 
@@ -49,6 +52,10 @@ pub struct CloudConfig {
     /// Pick zstd in the Welcome when the agent offers it (`Welcome.codec`); otherwise no codec
     /// is picked and every compressed batch is invalid.
     pub compression: bool,
+    /// Consecutive batches of one lane waiting behind a commit are merged into the next commit
+    /// (one store write, one fsync) up to this many events: the store's per-write cost is shared
+    /// by everything that queued while it was busy. 1 (or 0) disables merging.
+    pub max_commit_events: usize,
 }
 
 impl Default for CloudConfig {
@@ -64,6 +71,7 @@ impl Default for CloudConfig {
             idle_timeout_ms: 30_000,
             max_batch_bytes: 4 << 20,
             compression: true,
+            max_commit_events: 8192,
         }
     }
 }
@@ -150,6 +158,8 @@ pub struct CloudStats {
     pub commit_ms_last: u64,
     /// The longest such time.
     pub commit_ms_max: u64,
+    /// Batches that went into the commit of an earlier batch (merged behind a busy store).
+    pub merged_batches: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,8 +195,12 @@ struct Queued {
 
 #[derive(Debug, Clone)]
 struct Outstanding {
+    /// The commit's id: its first batch's seq (`CommitRequest::batch_seq`).
     batch_seq: u64,
     lane: usize,
+    /// Every batch the commit carries, in order: (batch_seq, duplicates, its last seq). Each is
+    /// acked with its own last seq as the watermark, as if committed alone.
+    parts: Vec<(u64, u32, u64)>,
     events: u64,
     duplicates: u32,
     new_watermark: u64,
@@ -420,7 +434,9 @@ impl CloudSession {
                 self.lanes[out.lane].watermark = Some(out.new_watermark);
                 self.stats.events_committed += out.events - u64::from(out.duplicates);
                 self.stats.duplicates_dropped += u64::from(out.duplicates);
-                self.ack(batch_seq, out.lane, out.duplicates);
+                for &(seq, duplicates, last) in &out.parts {
+                    self.ack_at(seq, out.lane, duplicates, Some(last));
+                }
                 // The store kept up (nothing waited behind this commit): grow the window.
                 if self.queue.is_empty() {
                     let grown = self
@@ -432,15 +448,19 @@ impl CloudSession {
             }
             CommitOutcome::Conflict { current } => {
                 self.lanes[out.lane].watermark = current;
-                self.nack(
-                    batch_seq,
-                    out.lane,
-                    NackReason::OutOfOrder,
-                    "watermark moved meanwhile",
-                );
+                for &(seq, _, _) in &out.parts {
+                    self.nack(
+                        seq,
+                        out.lane,
+                        NackReason::OutOfOrder,
+                        "watermark moved meanwhile",
+                    );
+                }
             }
             CommitOutcome::Unavailable(e) => {
-                self.nack(batch_seq, out.lane, NackReason::StoreUnavailable, &e);
+                for &(seq, _, _) in &out.parts {
+                    self.nack(seq, out.lane, NackReason::StoreUnavailable, &e);
+                }
                 let shrunk = (self.window / 2).max(self.cfg.min_credit);
                 self.set_window(shrunk);
             }
@@ -649,12 +669,40 @@ impl CloudSession {
                 self.ack(batch.batch_seq, lane, duplicates);
                 continue;
             }
-            let fresh = events.split_off(dup);
-            let new_watermark = fresh.last().map_or(0, |e| e.position);
+            let mut fresh = events.split_off(dup);
+            let mut new_watermark = fresh.last().map_or(0, |e| e.position);
+            let mut parts = vec![(batch.batch_seq, duplicates, new_watermark)];
+            let mut total = n;
+            // Merge the batches of this lane that queued behind, each chained exactly to the one
+            // before it (its prev_seq is the last seq merged), into the same commit: all of
+            // their events are above the watermark and in order, so the checks above hold for
+            // the merged commit as for each batch.
+            while let Some(next) = self.queue.front() {
+                let k = next.batch.events.len();
+                if next.lane != lane
+                    || next.batch.prev_seq != Some(new_watermark)
+                    || k == 0
+                    || fresh.len() + k > self.cfg.max_commit_events
+                    || self.check_batch(&next.batch).is_err()
+                {
+                    break;
+                }
+                let Some(Queued { batch: b, .. }) = self.queue.pop_front() else {
+                    break;
+                };
+                new_watermark = b.events.last().map_or(new_watermark, |e| e.position);
+                parts.push((b.batch_seq, 0, new_watermark));
+                total += k as u64;
+                fresh.extend(b.events);
+            }
+            if parts.len() > 1 {
+                self.stats.merged_batches += parts.len() as u64 - 1;
+            }
             self.outstanding = Some(Outstanding {
                 batch_seq: batch.batch_seq,
                 lane,
-                events: n,
+                parts,
+                events: total,
                 duplicates,
                 new_watermark,
                 started: self.now,
@@ -701,10 +749,15 @@ impl CloudSession {
     }
 
     fn ack(&mut self, batch_seq: u64, lane: usize, duplicates: u32) {
+        self.ack_at(batch_seq, lane, duplicates, None);
+    }
+
+    /// An Ack reporting `watermark` (default: the lane's), which is committed.
+    fn ack_at(&mut self, batch_seq: u64, lane: usize, duplicates: u32, watermark: Option<u64>) {
         let l = &self.lanes[lane];
         let frame = cloud_frame::Frame::Ack(Ack {
             batch_seq,
-            watermark: l.watermark.unwrap_or(0),
+            watermark: watermark.or(l.watermark).unwrap_or(0),
             duplicates,
             lane: l.name.clone(),
         });
@@ -893,6 +946,92 @@ mod tests {
                 frame: Some(cloud_frame::Frame::Pong(Pong { nonce: 7, .. }))
             })]
         ));
+    }
+
+    /// Ack frames among `actions`: (batch_seq, watermark, duplicates).
+    fn acks(actions: &[CloudAction]) -> Vec<(u64, u64, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                CloudAction::Send(CloudFrame {
+                    frame: Some(cloud_frame::Frame::Ack(a)),
+                }) => Some((a.batch_seq, a.watermark, a.duplicates)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chained_batches_queued_behind_a_commit_share_the_next_one() {
+        let mut s = streaming(Some(10));
+        s.on_frame(1, batch(1, Some(10), &[11, 12]));
+        let a = drain(&mut s);
+        assert!(matches!(&a[..], [CloudAction::Commit(r)] if r.batch_seq == 1));
+        // Three chained batches and one that does not chain (a gap) queue behind it.
+        s.on_frame(2, batch(2, Some(12), &[13, 14]));
+        s.on_frame(2, batch(3, Some(14), &[15]));
+        s.on_frame(2, batch(4, Some(15), &[16, 17]));
+        s.on_frame(2, batch(5, Some(20), &[21]));
+        assert!(drain(&mut s).is_empty());
+        s.on_committed(3, 1, CommitOutcome::Committed);
+        let a = drain(&mut s);
+        assert_eq!(acks(&a), [(1, 12, 0)]);
+        let Some(CloudAction::Commit(req)) = a.last() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (req.batch_seq, req.prev_watermark, req.new_watermark),
+            (2, Some(12), 17)
+        );
+        assert_eq!(
+            req.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [13, 14, 15, 16, 17]
+        );
+        assert_eq!(s.stats().merged_batches, 2);
+        // Each merged batch is acked on its own, with its own last seq.
+        s.on_committed(4, 2, CommitOutcome::Committed);
+        let a = drain(&mut s);
+        assert_eq!(acks(&a), [(2, 14, 0), (3, 15, 0), (4, 17, 0)]);
+        // The batch after the gap was not merged: it is refused on its own turn.
+        assert_eq!(
+            a.iter().filter_map(nack_reason).collect::<Vec<_>>(),
+            [NackReason::OutOfOrder]
+        );
+        assert_eq!(s.watermark("hi"), Some(17));
+        assert_eq!(s.stats().events_committed, 7);
+
+        // A failed merged commit nacks every batch in it; merging off commits one at a time.
+        let mut s = streaming(Some(0));
+        s.on_frame(1, batch(1, Some(0), &[1]));
+        drain(&mut s);
+        s.on_frame(2, batch(2, Some(1), &[2]));
+        s.on_frame(2, batch(3, Some(2), &[3]));
+        s.on_committed(3, 1, CommitOutcome::Committed);
+        drain(&mut s);
+        s.on_committed(4, 2, CommitOutcome::Unavailable("disk full".into()));
+        let reasons: Vec<_> = drain(&mut s).iter().filter_map(nack_reason).collect();
+        assert_eq!(reasons, [NackReason::StoreUnavailable; 2]);
+        let mut s = CloudSession::new(
+            "n1",
+            CloudConfig {
+                max_commit_events: 1,
+                ..CloudConfig::default()
+            },
+            0,
+        );
+        s.on_frame(0, hello("n1"));
+        drain(&mut s);
+        s.on_watermarks(0, Ok(vec![("hi".into(), 0)]));
+        drain(&mut s);
+        s.on_frame(1, batch(1, Some(0), &[1]));
+        s.on_frame(1, batch(2, Some(1), &[2]));
+        let a = drain(&mut s);
+        assert!(matches!(&a[..], [CloudAction::Commit(r)] if r.events.len() == 1));
+        s.on_committed(2, 1, CommitOutcome::Committed);
+        let a = drain(&mut s);
+        assert!(
+            matches!(a.last(), Some(CloudAction::Commit(r)) if r.batch_seq == 2 && r.events.len() == 1)
+        );
     }
 
     #[test]

@@ -85,7 +85,8 @@
 //! # Flow control
 //!
 //! The cloud processes batches in arrival order with at most one commit outstanding; batches
-//! received meanwhile wait, and one that would take the held events beyond the largest window
+//! received meanwhile wait (and the lane's chained batches among them are merged into the next
+//! commit, up to `max_commit_events`, so one fsync serves them all), and one that would take the held events beyond the largest window
 //! advertised is refused (CREDIT_EXCEEDED), so a session holds at most `max_credit` events. The
 //! window grows (by the committed batch's size, up to `max_credit`) when a commit completes with
 //! nothing waiting behind it, and halves (down to `min_credit`) when the store fails. A slow
