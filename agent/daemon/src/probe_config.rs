@@ -600,10 +600,11 @@ impl LinkSection {
             }
         }
         if let Some(p) = self.degraded_loss_percent {
-            if !(0.0..=100.0).contains(&p) {
+            // 0 would call every link degraded: loss is never below it.
+            if !(p > 0.0 && p <= 100.0) {
                 return Err(ConfigError::invalid(
                     self.key(i, "degraded_loss_percent"),
-                    format!("{p} is not a percentage (0 to 100)"),
+                    format!("{p} is out of range: more than 0, at most 100"),
                 ));
             }
         }

@@ -130,6 +130,10 @@ fn errors_name_the_key() {
             "links[0].up_successes: must be at least 1",
         ),
         (
+            one_link("degraded_loss_percent = 0\n"),
+            "links[0].degraded_loss_percent: 0 is out of range",
+        ),
+        (
             one_link("degraded_loss_percent = 2\ndegraded_loss_clear_percent = 3\n"),
             "links[0].degraded_loss_clear_percent",
         ),

@@ -15,7 +15,8 @@
 //!   projection from position zero until caught up (documents and watermark committed per batch
 //!   of 1,000 events), beside a bare `Subscription` over the same store (read + filter only, no
 //!   decode into domain events, no writes). And the `banking` projection over the 100K-event
-//!   account: one document rewritten per batch, so mostly the framework's own cost.
+//!   account: one document rewritten per batch, so mostly the framework's own cost. Last, a
+//!   rebuild of `orders` from position zero (a new generation) in batches of 10,000.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

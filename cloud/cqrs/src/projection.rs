@@ -182,6 +182,23 @@ impl Docs {
         Ok(v)
     }
 
+    /// The document's value to change in place (written with the batch), `default()` when it
+    /// does not exist yet. Cheaper than [`Docs::get`] + [`Docs::put`]: no copy of the document.
+    pub async fn get_mut(
+        &mut self,
+        key: &str,
+        default: impl FnOnce() -> serde_json::Value,
+    ) -> Result<&mut serde_json::Value> {
+        if !self.cache.contains_key(key) {
+            self.get(key).await?;
+        }
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_string());
+        }
+        let entry = self.cache.entry(key.to_string()).or_insert((None, None));
+        Ok(entry.0.get_or_insert_with(default))
+    }
+
     /// Sets the document's value (written with the batch).
     pub async fn put(&mut self, key: &str, value: serde_json::Value) -> Result<()> {
         if !self.cache.contains_key(key) {

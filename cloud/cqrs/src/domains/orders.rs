@@ -216,9 +216,12 @@ impl Projection for OrdersProjection {
         let ev: OrderEvent = serde_json::from_str(&event.detail).map_err(|e| e.to_string())?;
         let id = super::aggregate_id(event, "order-");
         let key = format!("order/{id}");
-        let mut summary = docs.get(&key).await.map_err(|e| e.to_string())?.unwrap_or_else(
-            || json!({"order_id": id, "customer_id": "", "status": "Draft", "item_count": 0, "total_cents": 0}),
-        );
+        let summary = docs
+            .get_mut(&key, || {
+                json!({"order_id": id, "customer_id": "", "status": "Draft", "item_count": 0, "total_cents": 0})
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         match &ev {
             OrderEvent::OrderCreated { customer_id } => {
                 summary["customer_id"] = json!(customer_id);
@@ -240,23 +243,19 @@ impl Projection for OrdersProjection {
         }
         summary["version"] = json!(event.version);
         let customer = summary["customer_id"].as_str().unwrap_or("").to_string();
-        docs.put(&key, summary.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let line = json!({
+            "status": summary["status"],
+            "total_cents": summary["total_cents"],
+        });
         if !customer.is_empty() {
             let ckey = format!("customer/{customer}");
-            let mut listing = docs
-                .get(&ckey)
+            let listing = docs
+                .get_mut(&ckey, || json!({"customer_id": customer, "orders": {}}))
                 .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_else(|| json!({"customer_id": customer, "orders": {}}));
-            listing["orders"][id.as_str()] = json!({
-                "status": summary["status"],
-                "total_cents": summary["total_cents"],
-            });
+                .map_err(|e| e.to_string())?;
+            listing["orders"][id.as_str()] = line;
             let count = listing["orders"].as_object().map_or(0, |o| o.len());
             listing["order_count"] = json!(count);
-            docs.put(&ckey, listing).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
