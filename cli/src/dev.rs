@@ -298,7 +298,10 @@ fn status_line(
     sync: Option<outrider_agent::sync::SyncStatus>,
 ) -> String {
     let link = match &sync {
-        Some(s) if s.streaming => "streaming".to_owned(),
+        Some(s) if s.streaming => match s.transport {
+            Some(t) => format!("streaming over {t}"),
+            None => "streaming".to_owned(),
+        },
         Some(s) => match &s.last_error {
             Some(e) => format!("reconnecting ({e})"),
             None => "connecting".to_owned(),
