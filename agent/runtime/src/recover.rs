@@ -74,7 +74,9 @@ fn sled_open(cfg: &LogConfig) -> std::result::Result<sled::Db, OpenFailure> {
         .cache_capacity(cfg.cache_capacity_bytes)
         .segment_size(SEGMENT_SIZE)
         .flush_every_ms(None);
-    // A damaged database must never take the process down: treat a panic as damage.
+    // A damaged database must never take the process down: treat a panic as damage. (Builds with
+    // `panic = "abort"`, like the agent's release build, cannot catch it; `sled_open_guarded`
+    // ends the crash loop that follows.)
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || conf.open())) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
@@ -105,6 +107,58 @@ fn sled_open_retrying(cfg: &LogConfig) -> std::result::Result<sled::Db, OpenFail
     }
 }
 
+/// The count of consecutive starts that died inside the storage engine's open, in the data
+/// directory. A panic inside sled is caught ([`sled_open`]) when the build unwinds; a release build
+/// with `panic = "abort"` cannot catch it, so the process dies there instead. This file turns such
+/// a crash loop into the same outcome: after [`MAX_DIED_OPENS`] starts in a row died while opening,
+/// the directory is treated as damaged and moved aside. A single power cut during an open counts
+/// once and is forgiven by the next successful open; a refusal that returns (another instance
+/// holds the lock, a permission error) does not count at all.
+const OPEN_ATTEMPTS_FILE: &str = "open-attempts";
+/// See [`OPEN_ATTEMPTS_FILE`].
+const MAX_DIED_OPENS: u32 = 3;
+
+fn read_open_attempts(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Records `n` attempts durably (0 removes the file).
+fn write_open_attempts(path: &Path, n: u32) -> std::io::Result<()> {
+    if n == 0 {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let mut f = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut f, n.to_string().as_bytes())?;
+    f.sync_all()
+}
+
+/// [`sled_open_retrying`] under the crash-loop guard of [`OPEN_ATTEMPTS_FILE`] (repair mode).
+fn sled_open_guarded(cfg: &LogConfig) -> Result<std::result::Result<sled::Db, OpenFailure>> {
+    let path = cfg.dir.join(OPEN_ATTEMPTS_FILE);
+    let died = read_open_attempts(&path);
+    if died >= MAX_DIED_OPENS {
+        return Ok(Err(OpenFailure::Damaged(format!(
+            "{died} starts in a row died while the storage engine opened it"
+        ))));
+    }
+    write_open_attempts(&path, died + 1).map_err(data_dir_err(&cfg.dir))?;
+    let r = sled_open_retrying(cfg);
+    // The open returned: this start did not die in it. A failure that is not damage leaves the
+    // count as it was; success clears it.
+    let keep = match &r {
+        Ok(_) => 0,
+        Err(_) => died,
+    };
+    write_open_attempts(&path, keep).map_err(data_dir_err(&cfg.dir))?;
+    Ok(r)
+}
+
 fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::DataDir {
         path: path.to_path_buf(),
@@ -119,7 +173,11 @@ pub(crate) fn open(cfg: &LogConfig, mode: Mode) -> Result<Opened> {
     }
     std::fs::create_dir_all(dir).map_err(data_dir_err(dir))?;
     let mut report = OpenReport::default();
-    let db = match sled_open_retrying(cfg) {
+    let opened = match mode {
+        Mode::Repair => sled_open_guarded(cfg)?,
+        Mode::ReportOnly => sled_open_retrying(cfg),
+    };
+    let db = match opened {
         Ok(db) => db,
         Err(OpenFailure::Other(e)) => {
             return Err(Error::Storage(format!(

@@ -154,6 +154,44 @@ fn unopenable_directory_is_moved_aside_not_fatal() {
         .unwrap();
 }
 
+/// A start that dies inside the storage engine's open (a panic under `panic = "abort"`) leaves a
+/// count in the directory; after three such starts in a row the directory is treated as
+/// damaged and moved aside. Fewer are forgiven, and a refusal that returns does not count.
+#[test]
+fn a_crash_loop_while_opening_moves_the_directory_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fill(&data, 3);
+    let attempts = data.join("open-attempts");
+
+    // Two starts died while opening: the next one opens the data and clears the count.
+    std::fs::write(&attempts, "2").unwrap();
+    let (log, report) = Log::open(LogConfig::new(&data)).unwrap();
+    assert!(report.quarantined_dir.is_none());
+    assert_eq!(log.head(), 3);
+    assert!(!attempts.exists(), "a successful open clears the count");
+
+    // Another instance holds the directory: that refusal returns, so it is not counted.
+    assert!(Log::open(LogConfig::new(&data)).is_err());
+    assert!(!attempts.exists(), "a refusal that returns does not count");
+    log.close().unwrap();
+    drop(log);
+
+    // Three starts died while opening: damaged, moved aside, a fresh log starts.
+    std::fs::write(&attempts, "3").unwrap();
+    let (log, report) = Log::open(LogConfig::new(&data)).unwrap();
+    let aside = report.quarantined_dir.expect("directory moved aside");
+    assert!(aside.join("db").exists(), "the old data is kept aside");
+    assert_eq!(log.head(), 0);
+    assert!(!attempts.exists());
+    // Inspecting (report-only) never counts or moves anything.
+    log.close().unwrap();
+    drop(log);
+    std::fs::write(&attempts, "5").unwrap();
+    outrider_runtime::inspect::inspect(&data, None).unwrap();
+    assert_eq!(std::fs::read_to_string(&attempts).unwrap(), "5");
+}
+
 #[test]
 fn inspect_reports_damage_without_repairing_it() {
     let dir = tempfile::tempdir().unwrap();
