@@ -46,7 +46,7 @@ pub use outrider_proto::Event;
 pub use read::{Direction, ReadStream, StreamFrom};
 pub use recover::{CorruptRecord, OpenReport};
 pub use subscription::{Subscription, SubscriptionBatch};
-pub use validate::validate_stream_name;
+pub use validate::{validate_event, validate_stream_name};
 
 /// The expected version of a stream for an append (KurrentDB semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -25,8 +25,9 @@ pub fn validate_stream_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks one event before it is assigned a place in the log.
-pub(crate) fn validate_event(e: &Event) -> Result<()> {
+/// Checks one event before it is assigned a place in the log (sizes of id, source and
+/// detail-type, time, `detail` must be JSON). The cloud store applies the same rules.
+pub fn validate_event(e: &Event) -> Result<()> {
     let field = |field: &'static str, reason: &str| {
         Err(Error::InvalidEvent {
             id: e.id.clone(),

@@ -35,51 +35,36 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn validate_stream(name: &str) -> Result<()> {
-    outrider_runtime::validate_stream_name(name).map_err(|_| StoreError::InvalidStreamName {
-        name: name.chars().take(80).collect(),
-        reason: if name.is_empty() {
-            "empty"
-        } else if name.len() > MAX_NAME_BYTES {
-            "longer than 512 bytes"
-        } else {
-            "contains a control character"
+/// The runtime's validation error as the store's (both name the same problem the same way).
+fn from_runtime(e: outrider_runtime::Error) -> StoreError {
+    use outrider_runtime::Error as E;
+    match e {
+        E::InvalidStreamName { name, reason } => StoreError::InvalidStreamName { name, reason },
+        E::InvalidDetail { id, reason } => StoreError::InvalidDetail { id, reason },
+        E::InvalidEvent { id, field, reason } => StoreError::InvalidEvent { id, field, reason },
+        other => StoreError::InvalidEvent {
+            id: String::new(),
+            field: "event",
+            reason: other.to_string(),
         },
-    })
+    }
 }
 
+/// The runtime's stream name rules (one definition for the agent and the cloud).
+pub(crate) fn validate_stream(name: &str) -> Result<()> {
+    outrider_runtime::validate_stream_name(name).map_err(from_runtime)
+}
+
+/// The runtime's event rules, plus: an id holds no control characters (it names rows and keys).
 fn validate_event(e: &Event) -> Result<()> {
-    let field = |field: &'static str, reason: &str| {
-        Err(StoreError::InvalidEvent {
-            id: e.id.clone(),
-            field,
-            reason: reason.to_string(),
-        })
-    };
-    if e.id.len() > 256 {
-        return field("id", "longer than 256 bytes");
-    }
     if e.id.chars().any(char::is_control) {
-        return field("id", "contains a control character");
+        return Err(StoreError::InvalidEvent {
+            id: e.id.clone(),
+            field: "id",
+            reason: "contains a control character".into(),
+        });
     }
-    if e.source.len() > 256 {
-        return field("source", "longer than 256 bytes");
-    }
-    if e.detail_type.len() > 256 {
-        return field("detail-type", "longer than 256 bytes");
-    }
-    if e.time_nanos >= 1_000_000_000 {
-        return field("time", "nanoseconds must be below 1e9");
-    }
-    if !e.detail.is_empty() {
-        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&e.detail) {
-            return Err(StoreError::InvalidDetail {
-                id: e.id.clone(),
-                reason: err.to_string(),
-            });
-        }
-    }
-    Ok(())
+    outrider_runtime::validate_event(e).map_err(from_runtime)
 }
 
 /// An append checked and completed: every event has an id, a time, the stream name; `local[i]`
