@@ -1,0 +1,15 @@
+//! # outrider-bus
+//!
+//! An EventBridge-style event bus on Outrider's event store.
+
+pub mod error;
+pub mod jsonpath;
+pub mod model;
+pub mod schedule;
+pub mod schema;
+pub mod target;
+pub mod targets;
+pub mod transform;
+
+pub use error::{BusError, Result};
+pub use target::{Delivery, DeliveryError, DynTarget, Target};

@@ -1,0 +1,1 @@
+//! Kinesis target. (Being written.)

@@ -1,0 +1,4 @@
+//! Target implementations.
+
+pub mod kinesis;
+pub mod webhook;

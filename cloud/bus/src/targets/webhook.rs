@@ -1,0 +1,1 @@
+//! HTTP webhook target. (Being written.)
