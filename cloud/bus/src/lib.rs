@@ -2,9 +2,12 @@
 //!
 //! An EventBridge-style event bus on Outrider's event store.
 
+pub mod bus;
 pub mod error;
 pub mod jsonpath;
 pub mod model;
+pub mod names;
+pub mod retry;
 pub mod schedule;
 pub mod schema;
 pub mod target;

@@ -1,4 +1,5 @@
 //! Target implementations.
 
+pub mod bus;
 pub mod kinesis;
 pub mod webhook;
