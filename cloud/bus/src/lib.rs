@@ -2,6 +2,7 @@
 //!
 //! An EventBridge-style event bus on Outrider's event store.
 
+pub mod bridge;
 pub mod bus;
 pub mod error;
 pub mod jsonpath;

@@ -681,3 +681,54 @@ async fn put_events_reports_per_entry_errors_and_buses_forward_to_buses() {
     again.delete_bus("orders").await.unwrap();
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_synced_from_agents_enter_the_bus_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let factory = Arc::new(Factory::default());
+    let sink = Recorder::ok();
+    factory.targets.lock().insert("t".into(), sink.clone());
+    let bus = BusEngine::start(store.clone(), fast(), factory.clone(), Arc::new(SystemClock)).await.unwrap();
+    bus.create_bus("telemetry").await.unwrap();
+    let mut r = rule("edge", json!({"source": ["edge.app"]}), vec![target("t")]);
+    r.event_bus_name = "telemetry".into();
+    bus.put_rule(r).await.unwrap();
+    let bridge = tokio::spawn(outrider_bus::bridge::run(bus.clone(), "cloud".into()));
+    // What the ingest commits: the node's events in `<node>/<stream>`, origin kept.
+    let synced = |seq: u64| Event {
+        id: format!("edge-1-{seq}"),
+        source: "edge.app".into(),
+        detail_type: "reading".into(),
+        detail: json!({"seq": seq}).to_string(),
+        event_bus_name: if seq.is_multiple_of(2) { "telemetry".into() } else { "nope".into() },
+        origin_node: "edge-1".into(),
+        origin_seq: seq,
+        ..Event::default()
+    };
+    for chunk in 0..5u64 {
+        store
+            .append("edge-1/app", outrider_store::ExpectedVersion::Any, (chunk * 10..chunk * 10 + 10).map(synced).collect())
+            .await
+            .unwrap();
+    }
+    sink.wait_for("25 telemetry events", |d| d.len() >= 25).await;
+    let ids: Vec<String> = sink.succeeded().iter().map(|d| d.event.id.clone()).collect();
+    assert_eq!(ids, (0..50u64).filter(|s| s.is_multiple_of(2)).map(|s| format!("edge-1-{s}")).collect::<Vec<_>>());
+    // Events naming no bus here go to `default`.
+    assert_eq!(stream(&store, "bus/default").await.len(), 25);
+    assert_eq!(stream(&store, "bus/telemetry").await.len(), 25);
+    // A restarted bridge does not put them again.
+    bridge.abort();
+    let _ = bridge.await;
+    let again = tokio::spawn(outrider_bus::bridge::run(bus.clone(), "cloud".into()));
+    store
+        .append("edge-1/app", outrider_store::ExpectedVersion::Any, vec![synced(50)])
+        .await
+        .unwrap();
+    sink.wait_for("the 26th", |d| d.len() >= 26).await;
+    assert_eq!(stream(&store, "bus/telemetry").await.len(), 26);
+    assert_eq!(stream(&store, "bus/default").await.len(), 25);
+    bus.shutdown().await;
+    again.abort();
+}

@@ -156,6 +156,27 @@ impl SledStore {
         })
     }
 
+    /// Wraps a log that is already open, so two users share it (the cloud server's ingest
+    /// commits through the log while the bus uses this store). `node_id` must be the log's;
+    /// consumer checkpoints are kept in `checkpoints_dir/checkpoints.json`.
+    pub fn from_log(
+        log: Log,
+        checkpoints_dir: &std::path::Path,
+        node_id: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let checkpoints = CheckpointFile::open(checkpoints_dir)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                node_id: node_id.to_string(),
+                leases: MemoryLeases::new(clock.clone()),
+                clock,
+                checkpoints,
+            }),
+        })
+    }
+
     /// The underlying log (e.g. for the ingest's `LogStore`, which shares it).
     pub fn log(&self) -> &Log {
         &self.inner.log

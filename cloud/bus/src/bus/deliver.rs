@@ -254,16 +254,16 @@ async fn work(
         let wait = tracker
             .next_due()
             .map(|d| Duration::from_millis((d - engine.now_ms()).max(1) as u64));
-        let wait = Some(wait.map_or(LEASE_TTL / 3, |w| w.min(LEASE_TTL / 3)));
+        let wait = wait.map_or(LEASE_TTL / 3, |w| w.min(LEASE_TTL / 3));
         if tracker.room() == 0 {
             // The window is full of waiting retries: only time frees it.
             let mut stop = engine.inner.stop.clone();
             tokio::select! {
-                _ = tokio::time::sleep(wait.unwrap_or(LEASE_TTL / 3)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return Err(BusError::Closed),
             }
         } else {
-            follower.wait(wait).await?;
+            follower.wait(Some(wait)).await?;
         }
     }
 }

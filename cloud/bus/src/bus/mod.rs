@@ -43,6 +43,7 @@ use crate::retry::Backoff;
 use crate::target::DynTarget;
 
 pub use archive::{ReplayState, ReplayStatus};
+pub(crate) use dispatch::load_watermark;
 pub use defs::{Change, Definitions, ReplayDef};
 
 /// Settings of the engine.
