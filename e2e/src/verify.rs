@@ -19,6 +19,11 @@ pub struct CloudContents {
     pub checkpoints: Vec<(String, u64)>,
 }
 
+/// The event bus's streams in the cloud store (`outrider_bus::names`).
+pub fn is_bus_stream(stream: &str) -> bool {
+    stream.starts_with("bus/") || stream.starts_with("bus-")
+}
+
 /// Opens the cloud's store (the runtime log in `dir`, as `outrider-cloud` opens it), reads it
 /// whole and closes it.
 pub fn read_cloud_store(dir: &Path) -> anyhow::Result<CloudContents> {
@@ -39,9 +44,12 @@ pub fn read_cloud_store(dir: &Path) -> anyhow::Result<CloudContents> {
             let batch = log.read_all(from, 4096)?;
             let Some(last) = batch.last() else { break };
             from = last.position + 1;
-            out.events.extend(batch);
+            // The ingest's events only: the event bus (on by default in outrider-cloud) keeps
+            // its own copies and bookkeeping in `bus/...` and `bus-...` streams.
+            out.events
+                .extend(batch.into_iter().filter(|e| !is_bus_stream(&e.stream)));
         }
-        out.checkpoints = log.checkpoints("")?;
+        out.checkpoints = log.checkpoints("wm/")?;
         Ok(())
     })();
     let closed = log.close();

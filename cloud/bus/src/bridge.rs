@@ -10,11 +10,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use outrider_proto::Event;
-use outrider_store::{EventStore, ExpectedVersion, StoreError, StreamAppend, Subscription, Watermark};
+use outrider_store::{
+    EventStore, ExpectedVersion, StoreError, StreamAppend, Subscription, Watermark,
+};
 
 use crate::bus::{bus_of, BusEngine};
 use crate::error::{BusError, Result};
 use crate::names;
+
+/// The extension holding an agent event's origin (`"<node>/<seq>"`) on its bus copy.
+pub const EXT_ORIGIN: &str = "outriderorigin";
 
 /// The bridge's watermark: the global position of the last event it looked at.
 pub const BRIDGE_WATERMARK: &str = "bus-bridge";
@@ -50,20 +55,35 @@ async fn bridge(engine: &BusEngine, local_node: &str) -> Result<()> {
     let store = engine.inner.store.clone();
     let mut stop = engine.inner.stop.clone();
     let mut wm = super::bus::load_watermark(&*store, BRIDGE_WATERMARK).await?;
-    let mut sub = Subscription::new(store.clone(), wm, None).with_poll_interval(engine.inner.cfg.poll_interval.or(store.poll_interval()));
+    let mut sub = Subscription::new(store.clone(), wm, None)
+        .with_poll_interval(engine.inner.cfg.poll_interval.or(store.poll_interval()));
     loop {
         let batch = tokio::select! {
             b = sub.next_batch(engine.inner.cfg.dispatch_batch) => b?,
             _ = stop.changed() => return Err(BusError::Closed),
         };
-        let Some(last) = batch.events.last().map(|e| e.position) else { continue };
+        let Some(last) = batch.events.last().map(|e| e.position) else {
+            continue;
+        };
         let buses = engine.definitions().buses;
         let mut by_bus: BTreeMap<String, Vec<Event>> = BTreeMap::new();
         for e in batch.events.iter().filter(|e| from_agent(e, local_node)) {
             let named = bus_of(&e.event_bus_name);
-            let bus = if buses.contains_key(named) { named } else { "default" };
+            let bus = if buses.contains_key(named) {
+                named
+            } else {
+                "default"
+            };
             let mut b = e.clone();
             b.event_bus_name = bus.to_string();
+            // The bus's copy is the cloud's event (its origin becomes this store's); where it
+            // came from stays readable.
+            b.extensions.insert(
+                EXT_ORIGIN.into(),
+                serde_json::Value::from(format!("{}/{}", e.origin_node, e.origin_seq)).to_string(),
+            );
+            b.origin_node.clear();
+            b.origin_seq = 0;
             b.stream.clear();
             b.version = 0;
             b.position = 0;
@@ -76,12 +96,30 @@ async fn bridge(engine: &BusEngine, local_node: &str) -> Result<()> {
         let n: usize = by_bus.values().map(Vec::len).sum();
         let appends: Vec<StreamAppend> = by_bus
             .into_iter()
-            .map(|(bus, events)| StreamAppend { stream: names::bus_stream(&bus), expected: ExpectedVersion::Any, events })
+            .map(|(bus, events)| StreamAppend {
+                stream: names::bus_stream(&bus),
+                expected: ExpectedVersion::Any,
+                events,
+            })
             .collect();
-        match store.append_batch(appends, Some(Watermark { name: BRIDGE_WATERMARK.into(), expected: wm, new: last })).await {
+        match store
+            .append_batch(
+                appends,
+                Some(Watermark {
+                    name: BRIDGE_WATERMARK.into(),
+                    expected: wm,
+                    new: last,
+                }),
+            )
+            .await
+        {
             Ok(_) => {
                 wm = Some(last);
-                engine.inner.stats.put_accepted.fetch_add(n as u64, Ordering::Relaxed);
+                engine
+                    .inner
+                    .stats
+                    .put_accepted
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(StoreError::WatermarkConflict { .. }) => {
                 wm = super::bus::load_watermark(&*store, BRIDGE_WATERMARK).await?;

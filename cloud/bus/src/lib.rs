@@ -2,10 +2,14 @@
 //!
 //! An EventBridge-style event bus on Outrider's event store.
 
+pub mod api;
 pub mod bridge;
 pub mod bus;
+pub mod client;
 pub mod error;
+pub mod group;
 pub mod jsonpath;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod retry;

@@ -9,6 +9,7 @@
 //! | an archive | `bus/<bus>/archive/<archive>` |
 //! | the dispatcher's progress markers (batches that matched nothing) | `bus/<bus>/dispatched` |
 //! | definitions (buses, rules, archives), event-sourced | `bus-config` |
+//! | the schema registry (snapshot) | `bus-schemas` |
 //! | a replay's progress | `bus-replay/<replay>` |
 //! | the dispatcher's watermark (next `bus/<bus>` version) | `bus-dispatch/<bus>` |
 //! | a schedule's watermark (last fire time, ms) | `bus-schedule/<rule>` |
@@ -56,6 +57,9 @@ pub fn dispatched_stream(bus: &str) -> String {
 }
 
 pub const CONFIG_STREAM: &str = "bus-config";
+
+/// The schema registry: a marker event per change, the registry itself as the snapshot.
+pub const SCHEMAS_STREAM: &str = "bus-schemas";
 
 pub fn replay_stream(replay: &str) -> String {
     format!("bus-replay/{replay}")

@@ -689,7 +689,14 @@ async fn events_synced_from_agents_enter_the_bus_exactly_once() {
     let factory = Arc::new(Factory::default());
     let sink = Recorder::ok();
     factory.targets.lock().insert("t".into(), sink.clone());
-    let bus = BusEngine::start(store.clone(), fast(), factory.clone(), Arc::new(SystemClock)).await.unwrap();
+    let bus = BusEngine::start(
+        store.clone(),
+        fast(),
+        factory.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
     bus.create_bus("telemetry").await.unwrap();
     let mut r = rule("edge", json!({"source": ["edge.app"]}), vec![target("t")]);
     r.event_bus_name = "telemetry".into();
@@ -701,20 +708,48 @@ async fn events_synced_from_agents_enter_the_bus_exactly_once() {
         source: "edge.app".into(),
         detail_type: "reading".into(),
         detail: json!({"seq": seq}).to_string(),
-        event_bus_name: if seq.is_multiple_of(2) { "telemetry".into() } else { "nope".into() },
+        event_bus_name: if seq.is_multiple_of(2) {
+            "telemetry".into()
+        } else {
+            "nope".into()
+        },
         origin_node: "edge-1".into(),
         origin_seq: seq,
         ..Event::default()
     };
     for chunk in 0..5u64 {
         store
-            .append("edge-1/app", outrider_store::ExpectedVersion::Any, (chunk * 10..chunk * 10 + 10).map(synced).collect())
+            .append(
+                "edge-1/app",
+                outrider_store::ExpectedVersion::Any,
+                (chunk * 10..chunk * 10 + 10).map(synced).collect(),
+            )
             .await
             .unwrap();
     }
-    sink.wait_for("25 telemetry events", |d| d.len() >= 25).await;
-    let ids: Vec<String> = sink.succeeded().iter().map(|d| d.event.id.clone()).collect();
-    assert_eq!(ids, (0..50u64).filter(|s| s.is_multiple_of(2)).map(|s| format!("edge-1-{s}")).collect::<Vec<_>>());
+    sink.wait_for("25 telemetry events", |d| d.len() >= 25)
+        .await;
+    let ids: Vec<String> = sink
+        .succeeded()
+        .iter()
+        .map(|d| d.event.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..50u64)
+            .filter(|s| s.is_multiple_of(2))
+            .map(|s| format!("edge-1-{s}"))
+            .collect::<Vec<_>>()
+    );
+    let first = &sink.succeeded()[0].event;
+    assert_eq!(
+        first.extensions.get("outriderorigin").map(String::as_str),
+        Some("\"edge-1/0\"")
+    );
+    assert_eq!(
+        first.origin_node, "cloud",
+        "the bus's copy is the cloud's event"
+    );
     // Events naming no bus here go to `default`.
     assert_eq!(stream(&store, "bus/default").await.len(), 25);
     assert_eq!(stream(&store, "bus/telemetry").await.len(), 25);
@@ -723,7 +758,11 @@ async fn events_synced_from_agents_enter_the_bus_exactly_once() {
     let _ = bridge.await;
     let again = tokio::spawn(outrider_bus::bridge::run(bus.clone(), "cloud".into()));
     store
-        .append("edge-1/app", outrider_store::ExpectedVersion::Any, vec![synced(50)])
+        .append(
+            "edge-1/app",
+            outrider_store::ExpectedVersion::Any,
+            vec![synced(50)],
+        )
         .await
         .unwrap();
     sink.wait_for("the 26th", |d| d.len() >= 26).await;

@@ -7,6 +7,7 @@
 //! metrics_listen = "127.0.0.1:9465"   # Prometheus /metrics and /healthz (absent: not served)
 //! data_dir = "./data/cloud"
 //! probe_echo_listen = "0.0.0.0:7444" # UDP echo for the agents' udp_echo link probes (absent: off)
+//! [bus]                     # the event bus on the same store (see bus.rs): on by default
 //! [tls]                     # mTLS: the node id comes from the client certificate
 //! ca = "certs/ca.pem"
 //! cert = "certs/server.pem"
@@ -15,6 +16,8 @@
 //! # start; gRPC in plain text, QUIC with a self-signed certificate):
 //! # insecure = true
 //! ```
+
+mod bus;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,9 @@ struct CloudConfig {
     /// The UDP echo responder for the agents' `udp_echo` link probes; not served when absent.
     #[serde(default)]
     probe_echo_listen: Option<SocketAddr>,
+    /// The event bus (on by default, no listeners unless configured).
+    #[serde(default)]
+    bus: bus::BusSection,
 }
 
 fn yes() -> bool {
@@ -130,9 +136,18 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
         Some(addr) => Some(serve_echo(addr).await?),
         None => None,
     };
+    let bus = bus::start(&cfg.bus, &log, &cfg.data_dir).await?;
     let stats = server.stats();
     let metrics = match cfg.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr, stats, log.clone()).await?),
+        Some(addr) => Some(
+            serve_metrics(
+                addr,
+                stats,
+                log.clone(),
+                bus.as_ref().map(|b| b.engine.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     let result = server
@@ -147,6 +162,9 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
     if let Some(e) = echo {
         e.abort();
     }
+    if let Some(b) = bus {
+        b.stop().await;
+    }
     let closed = tokio::task::spawn_blocking(move || log.close())
         .await
         .context("closing the store: task failed")?;
@@ -160,6 +178,7 @@ async fn serve_metrics(
     addr: SocketAddr,
     stats: std::sync::Arc<outrider_ingest::IngestStats>,
     log: Log,
+    bus: Option<outrider_bus::bus::BusEngine>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -170,14 +189,18 @@ async fn serve_metrics(
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let (stats, log) = (stats.clone(), log.clone());
+                let (stats, log, bus) = (stats.clone(), log.clone(), bus.clone());
                 async move {
+                    let mut text = outrider_ingest::metrics::render(&stats, Some(&log));
+                    if let Some(bus) = &bus {
+                        text.push_str(&outrider_bus::metrics::render(bus));
+                    }
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             outrider_runtime::metrics::CONTENT_TYPE_TEXT,
                         )],
-                        outrider_ingest::metrics::render(&stats, Some(&log)),
+                        text,
                     )
                 }
             }),

@@ -168,14 +168,29 @@ async fn an_agent_syncs_to_the_binary() {
     drop(status);
     agent.shutdown().await.unwrap();
 
-    // The cloud's /metrics counts what it committed.
-    let text = http_get(metrics_addr, "/metrics");
+    // The cloud's /metrics counts what it committed, and the bus (on by default) took the
+    // agent's events into the `default` bus (the bridge runs behind the ingest).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = http_get(metrics_addr, "/metrics");
+        if text.contains("\noutrider_bus_put_events_total{outcome=\"accepted\"} 50\n") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus did not take the agent's events: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         text.contains("\noutrider_ingest_events_committed_total 50\n"),
         "{text}"
     );
     assert!(text.contains("\noutrider_ingest_sessions_total "), "{text}");
-    assert!(text.contains("\noutrider_log_head_position 50\n"), "{text}");
+    assert!(
+        text.contains("\noutrider_bus_rules{bus=\"default\",state=\"enabled\"} 0\n"),
+        "{text}"
+    );
 
     // SIGTERM (systemd, Kubernetes): a graceful stop that closes the store.
     let pid = libc::pid_t::try_from(child.id()).unwrap();
@@ -187,8 +202,11 @@ async fn an_agent_syncs_to_the_binary() {
     assert!(log_text.contains("INSECURE SYNC INGEST"), "{log_text}");
 
     let (log, _) = Log::open(LogConfig::new(&data)).unwrap();
-    let stored = log.read_all(0, 1000).unwrap();
+    let all = log.read_all(0, 1000).unwrap();
+    let stored: Vec<_> = all.iter().filter(|e| e.stream == "gw-9/ticks").collect();
     assert_eq!(stored.len(), 50);
+    let in_bus: Vec<_> = all.iter().filter(|e| e.stream == "bus/default").collect();
+    assert_eq!(in_bus.len(), 50, "each agent event entered the bus once");
     for (i, e) in stored.iter().enumerate() {
         assert_eq!(e.origin_node, "gw-9");
         assert_eq!(e.stream, "gw-9/ticks");

@@ -17,6 +17,7 @@
 //! receiver can dedupe. Replicas on one PostgreSQL store share the work safely: dispatchers
 //! race on the watermark (the loser re-reads), one worker per target holds a lease.
 
+pub mod api_support;
 mod archive;
 pub mod defs;
 mod deliver;
@@ -40,11 +41,12 @@ use crate::error::{BusError, Result};
 use crate::model::{validate_name, ArchiveDef, Destination, RuleDef, RuleState, TargetDef};
 use crate::names;
 use crate::retry::Backoff;
+use crate::schema::{SchemaError, SchemaRegistry};
 use crate::target::DynTarget;
 
 pub use archive::{ReplayState, ReplayStatus};
-pub(crate) use dispatch::load_watermark;
 pub use defs::{Change, Definitions, ReplayDef};
+pub(crate) use dispatch::load_watermark;
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -64,6 +66,9 @@ pub struct BusConfig {
     /// How often a waiting schedule re-reads the clock (the clock is injectable, so a schedule
     /// never sleeps through a jump of it for longer than this).
     pub schedule_tick: Duration,
+    /// Discover a JSON Schema per (source, detail-type) from every put event (see
+    /// [`crate::schema`]); validation on put is enabled per (source, detail-type).
+    pub schema_discovery: bool,
 }
 
 impl Default for BusConfig {
@@ -76,6 +81,7 @@ impl Default for BusConfig {
             dispatch_batch: 1024,
             poll_interval: None,
             schedule_tick: Duration::from_secs(1),
+            schema_discovery: true,
         }
     }
 }
@@ -158,6 +164,7 @@ pub(crate) struct Inner {
     defs: Mutex<(Definitions, Option<u64>)>,
     compiled: RwLock<HashMap<String, Arc<Compiled>>>,
     tasks: Mutex<HashMap<TaskKey, JoinHandle<()>>>,
+    schemas: Mutex<SchemaRegistry>,
     pub stats: BusStats,
     pub stop: tokio::sync::watch::Receiver<bool>,
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -196,11 +203,13 @@ impl BusEngine {
                 defs: Mutex::new((Definitions::initial(), None)),
                 compiled: RwLock::new(HashMap::new()),
                 tasks: Mutex::new(HashMap::new()),
+                schemas: Mutex::new(SchemaRegistry::new()),
                 stats: BusStats::default(),
                 stop,
                 stop_tx,
             }),
         };
+        engine.load_schemas().await?;
         engine.reload().await?;
         Ok(engine)
     }
@@ -370,6 +379,11 @@ impl BusEngine {
             if let Destination::Bus { event_bus_name } = &t.destination {
                 validate_name("event bus", event_bus_name)?;
             }
+            // Refuse what this server cannot deliver to (a missing secret, no saga engine ...)
+            // before the rule is stored.
+            self.inner
+                .factory
+                .build(self, &rule.event_bus_name, &rule, t)?;
         }
         let bus = rule.event_bus_name.clone();
         let name = rule.name.clone();
@@ -553,8 +567,10 @@ impl BusEngine {
         let mut out: Vec<Option<PutOutcome>> = vec![None; entries.len()];
         let mut by_bus: BTreeMap<String, Vec<(usize, Event)>> = BTreeMap::new();
         let now_ns = self.inner.clock.now_unix_nanos();
+        let mut schemas_changed = false;
         {
             let g = self.inner.defs.lock();
+            let mut schemas = self.inner.schemas.lock();
             for (i, mut e) in entries.into_iter().enumerate() {
                 let bus = bus_of(&e.event_bus_name).to_string();
                 if !g.0.buses.contains_key(&bus) {
@@ -588,7 +604,33 @@ impl BusEngine {
                 e.stream.clear();
                 e.position = 0;
                 e.version = 0;
+                if let Err(v) = schemas.validate(&e) {
+                    out[i] = Some(PutOutcome::Failed {
+                        code: "InvalidArgument".into(),
+                        message: format!(
+                            "the event does not match schema version {} of ({}, {}): {v}",
+                            v.version, e.source, e.detail_type
+                        ),
+                    });
+                    continue;
+                }
+                if self.inner.cfg.schema_discovery {
+                    if let Ok(detail) = serde_json::from_str::<serde_json::Value>(&e.detail) {
+                        let now_ms = now_ns.div_euclid(1_000_000);
+                        if schemas
+                            .observe_detail(&e.source, &e.detail_type, &detail, now_ms)
+                            .is_some()
+                        {
+                            schemas_changed = true;
+                        }
+                    }
+                }
                 by_bus.entry(bus).or_default().push((i, e));
+            }
+        }
+        if schemas_changed {
+            if let Err(e) = self.persist_schemas().await {
+                tracing::warn!(error = %e, "discovered schemas not saved; saved with the next change");
             }
         }
         for (bus, items) in by_bus {
@@ -638,6 +680,85 @@ impl BusEngine {
             .put_failed
             .fetch_add(out.len() as u64 - ok, Ordering::Relaxed);
         out
+    }
+
+    /// Reads the registry saved by [`BusEngine::persist_schemas`] (the snapshot of the
+    /// `bus-schemas` stream).
+    async fn load_schemas(&self) -> Result<()> {
+        if let Some(snap) = self
+            .inner
+            .store
+            .load_snapshot(names::SCHEMAS_STREAM)
+            .await?
+        {
+            let v: serde_json::Value = serde_json::from_slice(&snap.payload).map_err(|e| {
+                BusError::Validation(format!("saved schema registry unreadable: {e}"))
+            })?;
+            *self.inner.schemas.lock() = SchemaRegistry::import(&v).map_err(schema_error)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the schema registry: a marker event in `bus-schemas` and the registry as that
+    /// stream's snapshot.
+    async fn persist_schemas(&self) -> Result<()> {
+        let export = self.inner.schemas.lock().export();
+        let payload =
+            serde_json::to_vec(&export).map_err(|e| BusError::Validation(e.to_string()))?;
+        let marker = Event {
+            source: "outrider.bus".into(),
+            detail_type: "SchemasChanged".into(),
+            detail: "{}".into(),
+            ..Event::default()
+        };
+        let r = self
+            .inner
+            .store
+            .append(names::SCHEMAS_STREAM, ExpectedVersion::Any, vec![marker])
+            .await?;
+        self.inner
+            .store
+            .save_snapshot(names::SCHEMAS_STREAM, r.next_expected_version, &payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the schema registry.
+    pub fn with_schemas<R>(&self, f: impl FnOnce(&SchemaRegistry) -> R) -> R {
+        f(&self.inner.schemas.lock())
+    }
+
+    /// Registers a user's JSON Schema for (source, detail-type) (it replaces discovery there);
+    /// returns its version.
+    pub async fn register_schema(
+        &self,
+        source: &str,
+        detail_type: &str,
+        schema: &serde_json::Value,
+    ) -> Result<u32> {
+        let v = self
+            .inner
+            .schemas
+            .lock()
+            .register(source, detail_type, schema, self.now_ms())
+            .map_err(schema_error)?;
+        self.persist_schemas().await?;
+        Ok(v)
+    }
+
+    /// Turns validation on put on or off for (source, detail-type): events that do not match
+    /// the latest schema version are refused with a per-entry error naming the field.
+    pub async fn set_schema_validation(
+        &self,
+        source: &str,
+        detail_type: &str,
+        enabled: bool,
+    ) -> Result<()> {
+        self.inner
+            .schemas
+            .lock()
+            .set_validation(source, detail_type, enabled);
+        self.persist_schemas().await
     }
 
     /// Stops every task (in-flight deliveries are redelivered after a restart: at least once).
@@ -719,8 +840,16 @@ impl BusEngine {
                     if matches!(t.destination, Destination::Subscriber) {
                         continue;
                     }
-                    let target = self.inner.factory.build(self, bus, &r.def, t)?;
-                    let Some(target) = target else { continue };
+                    let target = match self.inner.factory.build(self, bus, &r.def, t) {
+                        Ok(Some(target)) => target,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // E.g. a secret's environment variable missing after a restart:
+                            // the queue keeps the deliveries until the target can be built.
+                            tracing::error!(bus, rule = %name, target = %t.id, error = %e, "target cannot be built; its deliveries wait in its queue");
+                            continue;
+                        }
+                    };
                     let key = TaskKey::Deliver {
                         bus: bus.clone(),
                         rule: name.clone(),
@@ -784,6 +913,10 @@ pub fn bus_of(name: &str) -> &str {
         Some((_, n)) => n,
         None => name,
     }
+}
+
+fn schema_error(e: SchemaError) -> BusError {
+    BusError::Validation(e.to_string())
 }
 
 /// EventBridge's per-entry error code for a store refusal.
