@@ -24,13 +24,20 @@ die() {
 }
 
 PYTHON=$(command -v python3 || command -v python || true)
-if ! command -v moto_server >/dev/null 2>&1; then
+# The server command: `moto_server` when on PATH, else `python3 -m moto.server` (pip's console
+# script may land outside PATH, e.g. behind pyenv shims that were not rehashed).
+MOTO=()
+if command -v moto_server >/dev/null 2>&1; then
+    MOTO=(moto_server)
+elif [[ -n $PYTHON ]] && "$PYTHON" -c 'import moto.server' >/dev/null 2>&1; then
+    MOTO=("$PYTHON" -m moto.server)
+else
     [[ -n $PYTHON ]] || die "moto_server not found and no python3 to install it with"
-    echo "with-moto.sh: moto_server not found; installing moto[server] with pip" >&2
+    echo "with-moto.sh: moto not found; installing moto[server] with pip" >&2
     "$PYTHON" -m pip install --quiet --disable-pip-version-check 'moto[server]' >&2 \
         || die "pip install 'moto[server]' failed"
-    hash -r
-    command -v moto_server >/dev/null 2>&1 || die "moto installed but moto_server is not on PATH"
+    "$PYTHON" -c 'import moto.server' >/dev/null 2>&1 || die "moto installed but python cannot import moto.server"
+    MOTO=("$PYTHON" -m moto.server)
 fi
 
 # A free port: bind port 0 and read what the kernel chose (a tiny race with other processes,
@@ -42,7 +49,7 @@ else
 fi
 
 LOG=${OUTRIDER_MOTO_LOG:-$(mktemp -t outrider-moto-XXXXXX.log)}
-moto_server -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
+"${MOTO[@]}" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
 MOTO_PID=$!
 stop() {
     local status=$?
