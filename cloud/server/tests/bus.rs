@@ -214,15 +214,16 @@ RetryPolicy = {{ MaximumRetryAttempts = 185, MaximumEventAgeInSeconds = 3600 }}
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let g = received.lock().unwrap();
-    assert_eq!(g.bad_signatures, 0);
-    assert_eq!(
-        g.by_delivery.len(),
-        expected.len(),
-        "one delivery id per matching event"
-    );
-    assert!(g.posts >= expected.len());
-    drop(g);
+    {
+        let g = received.lock().unwrap();
+        assert_eq!(g.bad_signatures, 0);
+        assert_eq!(
+            g.by_delivery.len(),
+            expected.len(),
+            "one delivery id per matching event"
+        );
+        assert!(g.posts >= expected.len());
+    }
     agent.shutdown().await.unwrap();
     cloud.kill().unwrap();
     cloud.wait().unwrap();
