@@ -279,5 +279,10 @@ mod tests {
             example.probe_echo_listen,
             Some("0.0.0.0:7444".parse().unwrap())
         );
+        assert!(example.bus.enabled);
+        assert_eq!(example.bus.rules[0].name, "completed-rides");
+        assert_eq!(example.bus.rules[0].targets.len(), 1);
+        assert_eq!(example.bus.archives[0].retention_days, 2555);
+        assert!(c.bus.enabled, "the bus is on by default");
     }
 }
