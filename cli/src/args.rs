@@ -205,6 +205,10 @@ pub struct TailArgs {
     /// Start at this global position (0: the whole log). Default: only events appended from now on.
     #[arg(long, value_name = "POS")]
     pub from: Option<u64>,
+
+    /// Only events matching this EventBridge event pattern (JSON, or @FILE), filtered by the agent.
+    #[arg(long, value_name = "JSON")]
+    pub pattern: Option<String>,
 }
 
 /// `outrider log inspect`.

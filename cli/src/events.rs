@@ -212,10 +212,19 @@ pub async fn tail(agent: &str, args: TailArgs) -> anyhow::Result<()> {
                 .head_position
         }
     };
+    let event_pattern = match args.pattern.as_deref() {
+        None => String::new(),
+        Some(p) => match p.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--pattern: cannot read {path}"))?,
+            None => p.to_string(),
+        },
+    };
     let mut stream = client
         .subscribe(SubscribeRequest {
             from_position: from,
             stream: args.stream.unwrap_or_default(),
+            event_pattern,
         })
         .await?
         .into_inner();

@@ -214,9 +214,20 @@ impl Agent for AgentService {
         if let Some(s) = &stream {
             outrider_runtime::validate_stream_name(s).map_err(status)?;
         }
+        let pattern = if req.event_pattern.is_empty() {
+            None
+        } else {
+            Some(
+                outrider_runtime::pattern::Pattern::parse(&req.event_pattern).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "event_pattern: InvalidEventPatternException: {e}"
+                    ))
+                })?,
+            )
+        };
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         let sub = self.log.subscribe(req.from_position, stream);
-        tokio::spawn(feed_subscription(sub, tx, self.shutdown.clone()));
+        tokio::spawn(feed_subscription(sub, pattern, tx, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -267,6 +278,7 @@ impl Agent for AgentService {
 /// the log closes, or the agent shuts down.
 async fn feed_subscription(
     mut sub: outrider_runtime::Subscription,
+    pattern: Option<outrider_runtime::pattern::Pattern>,
     tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -290,6 +302,12 @@ async fn feed_subscription(
             Ok(b) => {
                 let caught_up = b.caught_up;
                 let mut rest = b.events;
+                if let Some(p) = &pattern {
+                    rest.retain(|e| matches_pattern(p, e));
+                    if rest.is_empty() {
+                        continue;
+                    }
+                }
                 while !rest.is_empty() {
                     let (events, more) = split_by_budget(rest);
                     rest = more;
@@ -318,6 +336,12 @@ async fn feed_subscription(
             return;
         }
     }
+}
+
+/// Whether the event's EventBridge JSON view matches the pattern (events with no such view —
+/// a detail that is not an object — never match).
+fn matches_pattern(p: &outrider_runtime::pattern::Pattern, e: &outrider_proto::Event) -> bool {
+    outrider_proto::eventbridge::to_json(e).is_ok_and(|j| p.matches(&j))
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ async fn sigterm_shuts_down_cleanly_and_data_survives() {
         .subscribe(SubscribeRequest {
             from_position: 0,
             stream: String::new(),
+            event_pattern: String::new(),
         })
         .await
         .unwrap()

@@ -307,6 +307,7 @@ async fn subscribe_catches_up_then_follows() {
         .subscribe(SubscribeRequest {
             from_position: 1,
             stream: String::new(),
+            event_pattern: String::new(),
         })
         .await
         .unwrap()
@@ -315,6 +316,7 @@ async fn subscribe_catches_up_then_follows() {
         .subscribe(SubscribeRequest {
             from_position: 0,
             stream: "b".into(),
+            event_pattern: String::new(),
         })
         .await
         .unwrap()
@@ -586,5 +588,74 @@ async fn data_survives_a_restart_and_busy_ports_are_named() {
         .into_inner();
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.events[0].detail, r#"{"v":42}"#);
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_filters_with_an_event_pattern_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = outrider_agent::start(test_config(dir.path()))
+        .await
+        .unwrap();
+    let mut c = client(agent.grpc_addr()).await;
+    c.append(append_req(
+        "rides",
+        any(),
+        vec![
+            event("RideCompleted", r#"{"fare": 12}"#),
+            event("RideCompleted", r#"{"fare": 3}"#),
+            event("RideCancelled", r#"{"fare": 40}"#),
+            event("RideCompleted", r#"{"fare": 99}"#),
+        ],
+    ))
+    .await
+    .unwrap();
+    let mut sub = c
+        .subscribe(SubscribeRequest {
+            from_position: 0,
+            stream: String::new(),
+            event_pattern: r#"{"detail-type": ["RideCompleted"], "detail": {"fare": [{"numeric": [">", 10]}]}}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    loop {
+        let m = next_message(&mut sub).await.expect("stream ended early");
+        got.extend(m.events.iter().map(|e| e.detail.clone()));
+        if m.caught_up {
+            break;
+        }
+    }
+    assert_eq!(got, [r#"{"fare": 12}"#, r#"{"fare": 99}"#]);
+    // Live events are filtered too.
+    c.append(append_req(
+        "rides",
+        any(),
+        vec![
+            event("RideCompleted", r#"{"fare": 1}"#),
+            event("RideCompleted", r#"{"fare": 11}"#),
+        ],
+    ))
+    .await
+    .unwrap();
+    let m = next_message(&mut sub).await.expect("live event");
+    assert_eq!(m.events.len(), 1);
+    assert_eq!(m.events[0].detail, r#"{"fare": 11}"#);
+
+    let err = c
+        .subscribe(SubscribeRequest {
+            from_position: 0,
+            stream: String::new(),
+            event_pattern: r#"{"detail": {"fare": [{"numeric": [">"]}]}}"#.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("InvalidEventPatternException"),
+        "{}",
+        err.message()
+    );
     agent.shutdown().await.unwrap();
 }
