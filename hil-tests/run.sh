@@ -3,7 +3,8 @@
 # namespaces joined by a veth pair, with nftables dropping a share of the packets in each
 # direction of the link. For every sync transport and loss level: events are appended while the agent
 # syncs, the agent's outbox must drain, and the cloud's store must then hold every event exactly
-# once. Then the sync benchmark runs across the same link at 5 % loss (quick mode).
+# once. Then the sync benchmark runs across the same link at 5 % loss (quick mode). Last,
+# hil-tests/failover.sh (two links, failover and fail-back, its benchmark) for each transport.
 #
 # Run as root from anywhere: `bash hil-tests/run.sh` (CI runs it from .ci/run). Environment:
 #   BIN_DIR      directory of outrider-agent, outrider-cloud, outrider and sync-bench
@@ -18,6 +19,10 @@
 #   BENCH_EVENTS events per benchmark drain run (default 20000)
 #   BENCH_RATE   events/s of the benchmark's latency phase (default 1000)
 #   KEEP         1 keeps the scratch directory (logs, data) for a look afterwards
+#   FAILOVER     1 (default) runs hil-tests/failover.sh at the end (two links, failover and back,
+#                for each transport); 0 skips it
+#   FAILOVER_BENCH  1 (default) runs failover.sh's benchmark (20 blackholes) with the first
+#                transport; 0 skips it
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +36,8 @@ BENCH_EVENTS=${BENCH_EVENTS:-20000}
 BENCH_RATE=${BENCH_RATE:-1000}
 BENCH_LOSS=5
 KEEP=${KEEP:-0}
+FAILOVER=${FAILOVER:-1}
+FAILOVER_BENCH=${FAILOVER_BENCH:-1}
 NODE=hil-node
 
 # Unique names, so parallel or aborted runs do not collide. Interface names: at most 15 bytes.
@@ -403,6 +410,24 @@ if [[ $BENCH == 1 ]]; then
     isolated run_bench
     rc=$RC
     record "$name ($((SECONDS - start)) s)" "$rc"
+fi
+
+# Link failover across two veth pairs (hil-tests/failover.sh: namespaces of its own), with the
+# same binaries; for each transport, the benchmark with the first one only.
+run_failover() {
+    exec env BIN_DIR="$BIN_DIR" KEEP="$KEEP" TRANSPORT="$1" BENCH="$2" bash hil-tests/failover.sh
+}
+if [[ $FAILOVER == 1 ]]; then
+    fo_bench=$FAILOVER_BENCH
+    for transport in $TRANSPORTS; do
+        name="link failover dx -> vpn -> dx over sync $transport (hil-tests/failover.sh)"
+        ((fo_bench == 1)) && name="$name, with the failover benchmark"
+        log "case: $name"
+        start=$SECONDS
+        isolated run_failover "$transport" "$fo_bench"
+        record "$name ($((SECONDS - start)) s)" "$RC"
+        fo_bench=0
+    done
 fi
 
 echo

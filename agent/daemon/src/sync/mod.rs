@@ -22,7 +22,11 @@
 //! * `AckOutbox`: `Log::ack_async` (only ever through a watermark the cloud committed).
 //! * `Close`: the connection is dropped (QUIC: closed with code 0).
 //! * Timers: `poll_timeout` / `handle_timeout`, in milliseconds since the task started on
-//!   tokio's monotonic clock.
+//!   tokio's monotonic clock, plus the reconnect backoffs skipped at route changes
+//!   ([`SessionClock`]).
+//! * A new route (the active `[[links]]` link changed): the connection is dropped and the
+//!   session connects through the new route at once, not after a reconnect backoff
+//!   ([`reconnect_now`]).
 //! * New events: a watch on the log's head calls `on_outbox_changed`.
 
 mod grpc;
@@ -433,6 +437,53 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The session's clock: milliseconds since the task started on tokio's monotonic clock, plus the
+/// reconnect waits [`reconnect_now`] skipped. Every input to the session reads this one clock, so
+/// the session's timers stay consistent with each other.
+struct SessionClock {
+    started: Instant,
+    skipped_ms: u64,
+}
+
+impl SessionClock {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            skipped_ms: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.skipped_ms)
+    }
+
+    /// When the session's time `t` comes.
+    fn instant(&self, t: u64) -> Instant {
+        self.started + Duration::from_millis(t.saturating_sub(self.skipped_ms))
+    }
+}
+
+/// Drops the session's connection and connects again at once: for a route change, which is not
+/// a connection failure. (`on_disconnected` alone would back off first: a random wait of up to
+/// the backoff's ceiling, `backoff_min_ms` = 200 ms after a connection that streamed, seconds
+/// after attempts that failed (e.g. through the link that just went down), before the new link
+/// carries anything.)
+///
+/// The session is `Disconnected` until the end of its backoff: the clock skips ahead to that end
+/// and the session's timers run, which emits `Connect`. To the session the wait simply passed: the
+/// connection's timers are whole; what it measured across the skip counts it (the age of events
+/// read before it; a bandwidth cap's bucket refills for it, at most its burst).
+fn reconnect_now(s: &mut AgentSession, clock: &mut SessionClock) {
+    let now = clock.now();
+    s.on_disconnected(now);
+    if let Some(at) = s.poll_timeout() {
+        clock.skipped_ms = clock.skipped_ms.saturating_add(at.saturating_sub(now));
+        s.handle_timeout(clock.now());
+    }
+}
+
 /// Notifies `tx` (coalescing) whenever the log's head moves or more of it becomes durable.
 async fn watch_outbox(log: Log, tx: mpsc::Sender<()>, mut stopped: watch::Receiver<bool>) {
     let mut head = log.watch_head();
@@ -477,8 +528,7 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
     status: watch::Sender<SyncStatus>,
 ) {
-    let started = Instant::now();
-    let now = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut clock = SessionClock::new();
     let mut session_cfg = SessionConfig::default();
     // The outbox hands out durable events only: with periodic flushes, a commit the subscription
     // reports may not be readable yet, so poll again about when the next flush is done.
@@ -507,7 +557,7 @@ async fn run(
         log.log_id(),
         lanes,
         seed,
-        now(),
+        clock.now(),
     );
     tracing::info!(cloud_url = %cfg.cloud_url, destination = %dest, transport = ?cfg.transport, "sync started");
 
@@ -607,7 +657,7 @@ async fn run(
                 a.quic_failed_at = Some(Instant::now());
             }
         }
-        let lanes = s.lane_lag_at(now());
+        let lanes = s.lane_lag_at(clock.now());
         let cur_link = if link.kind.is_some() {
             conn_link.clone()
         } else {
@@ -632,7 +682,7 @@ async fn run(
             }
             changed
         });
-        let deadline = s.poll_timeout().map(|t| started + Duration::from_millis(t));
+        let deadline = s.poll_timeout().map(|t| clock.instant(t));
         // `auto` on gRPC: when QUIC is due again, try a QUIC handshake in the background.
         let probe_at = match &auto {
             Some(a) if link.kind == Some(TransportKind::Grpc) && !a.probing => a.quic_at(),
@@ -663,12 +713,12 @@ async fn run(
                         // Not a QUIC failure: `auto` keeps preferring QUIC.
                         link.quic_lost_early = false;
                         conn_link = None;
-                        s.on_disconnected(now());
+                        reconnect_now(&mut s, &mut clock);
                     }
                     Err(e) => tracing::warn!(to = ?to, error = format!("{e:#}"), "cannot use the link's sync route; keeping the current one"),
                 }
             }
-            () = sleep_until(deadline) => s.handle_timeout(now()),
+            () = sleep_until(deadline) => s.handle_timeout(clock.now()),
             () = sleep_until(probe_at) => {
                 if let Some(a) = auto.as_mut() {
                     a.probing = true;
@@ -689,7 +739,7 @@ async fn run(
                             if link.kind == Some(TransportKind::Grpc) {
                                 tracing::info!(cloud_url = %cfg.cloud_url, "QUIC works again: moving the sync session from gRPC to QUIC");
                                 link.reset();
-                                s.on_disconnected(now());
+                                s.on_disconnected(clock.now());
                             }
                         }
                         Err(e) => {
@@ -720,7 +770,7 @@ async fn run(
                         tracing::debug!(cloud_url = %cfg.cloud_url, transport = %c.kind, "sync connected");
                         link.set(c);
                         conn_link.clone_from(&connector.link);
-                        s.on_connected(now());
+                        s.on_connected(clock.now());
                     }
                     Err(e) => {
                         let e = match &quic_failed {
@@ -729,7 +779,7 @@ async fn run(
                         };
                         tracing::warn!(cloud_url = %cfg.cloud_url, error = %e, "sync connection attempt failed");
                         last_error = Some(e);
-                        s.on_disconnected(now());
+                        s.on_disconnected(clock.now());
                     }
                 }
             }
@@ -742,25 +792,25 @@ async fn run(
                 Err(_) => {
                     tracing::warn!("the sync stream closed while sending");
                     link.reset();
-                    s.on_disconnected(now());
+                    s.on_disconnected(clock.now());
                 }
             },
             m = next_frame(&mut link.inbound) => match m {
-                Ok(Some(f)) => s.on_frame(now(), f),
+                Ok(Some(f)) => s.on_frame(clock.now(), f),
                 Ok(None) => {
                     tracing::info!("the cloud ended the sync stream");
                     link.reset();
-                    s.on_disconnected(now());
+                    s.on_disconnected(clock.now());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sync stream failed");
                     last_error = Some(e);
                     link.reset();
-                    s.on_disconnected(now());
+                    s.on_disconnected(clock.now());
                 }
             },
-            Some((id, events)) = fetch_rx.recv() => s.on_fetched(now(), id, events),
-            Some(()) = changed_rx.recv() => s.on_outbox_changed(now(), None),
+            Some((id, events)) = fetch_rx.recv() => s.on_fetched(clock.now(), id, events),
+            Some(()) = changed_rx.recv() => s.on_outbox_changed(clock.now(), None),
         }
     }
     watcher.abort();
@@ -796,6 +846,109 @@ mod tests {
         a.retry = Duration::MAX;
         assert!(!a.quic_due(t0 + Duration::from_secs(1 << 40)));
         assert_eq!(a.quic_at(), None);
+    }
+
+    /// An agent session streaming to a cloud session (both sans-IO, frames handed over here).
+    fn streaming_session() -> AgentSession {
+        use outrider_proto::v1::{agent_frame, cloud_frame};
+        use outrider_runtime::sync::{CloudAction, CloudConfig, CloudSession};
+        let mut a = AgentSession::new(
+            SessionConfig::default(),
+            "n1",
+            "e1",
+            vec![LaneSpec::new("normal", 0)],
+            7,
+            0,
+        );
+        let mut c = CloudSession::new("n1", CloudConfig::default(), 0);
+        a.handle_timeout(0);
+        assert!(matches!(a.poll_action(), Some(AgentAction::Connect)));
+        a.on_connected(1);
+        while let Some(action) = a.poll_action() {
+            if let AgentAction::Send(f) = action {
+                assert!(matches!(f.frame, Some(agent_frame::Frame::Hello(_))));
+                c.on_frame(1, f);
+            }
+        }
+        while let Some(action) = c.poll_action() {
+            match action {
+                CloudAction::LoadWatermarks { .. } => c.on_watermarks(2, Ok(Vec::new())),
+                CloudAction::Send(f) => {
+                    if matches!(f.frame, Some(cloud_frame::Frame::Welcome(_))) {
+                        a.on_frame(3, f);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(a.is_streaming());
+        while a.poll_action().is_some() {}
+        a
+    }
+
+    fn connects_at(s: &mut AgentSession, now: u64) -> bool {
+        s.handle_timeout(now);
+        std::iter::from_fn(|| s.poll_action()).any(|a| matches!(a, AgentAction::Connect))
+    }
+
+    #[test]
+    fn a_route_change_reconnects_at_once_where_a_failure_backs_off() {
+        // A lost connection backs off first (at least 1 ms, up to backoff_min_ms).
+        let mut s = streaming_session();
+        s.on_disconnected(10);
+        assert!(
+            !connects_at(&mut s, 10),
+            "a failure reconnects without backoff"
+        );
+        let until = s.poll_timeout().unwrap();
+        assert!(until > 10 && until <= 10 + SessionConfig::default().backoff_min_ms);
+        assert!(connects_at(&mut s, until));
+
+        // A route change: Connect at once, counted; the clock skipped the wait.
+        let mut s = streaming_session();
+        let connects = s.stats().connects;
+        let mut clock = SessionClock::new();
+        let before = clock.now();
+        reconnect_now(&mut s, &mut clock);
+        assert!(!s.is_streaming());
+        let actions: Vec<AgentAction> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, AgentAction::Connect)),
+            "{actions:?}"
+        );
+        assert_eq!(s.stats().connects, connects + 1);
+        assert_eq!(s.stats().reconnects, 1);
+        // (The session was at 3 ms when the clock started at 0.)
+        let most = 3 + SessionConfig::default().backoff_min_ms;
+        assert!(clock.skipped_ms >= 1 && clock.skipped_ms <= most);
+        assert!(clock.now() >= before + clock.skipped_ms);
+        // Session times map back to real instants without the skipped wait.
+        let t = clock.now() + 500;
+        let at = clock.instant(t);
+        let real = at.duration_since(clock.started).as_millis() as u64;
+        assert_eq!(real + clock.skipped_ms, t);
+    }
+
+    #[test]
+    fn a_route_change_after_failed_attempts_skips_the_grown_backoff() {
+        // Attempts through a dead link fail, so the backoff's ceiling grows toward
+        // backoff_max_ms (30 s); a route change still connects at once, and the new
+        // connection's handshake timeout is whole on the session's clock.
+        let mut s = streaming_session();
+        let mut clock = SessionClock::new();
+        for _ in 0..8 {
+            s.on_disconnected(clock.now());
+            let until = s.poll_timeout().unwrap();
+            clock.skipped_ms += until.saturating_sub(clock.now());
+            assert!(connects_at(&mut s, clock.now()));
+        }
+        reconnect_now(&mut s, &mut clock);
+        assert!(std::iter::from_fn(|| s.poll_action()).any(|a| matches!(a, AgentAction::Connect)));
+        let connected = clock.now();
+        s.on_connected(connected);
+        while s.poll_action().is_some() {}
+        let handshake = SessionConfig::default().handshake_timeout_ms;
+        assert_eq!(s.poll_timeout(), Some(connected + handshake));
     }
 
     #[test]
