@@ -776,17 +776,40 @@ async fn events_synced_from_agents_enter_the_bus_exactly_once() {
 async fn schemas_are_discovered_on_put_validate_when_asked_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let bus = BusEngine::start(store.clone(), fast(), Arc::new(Factory::default()), Arc::new(SystemClock)).await.unwrap();
-    accepted(&bus.put_events(vec![entry("rides", json!({"fare": 12, "city": "Lyon"}))]).await);
-    accepted(&bus.put_events(vec![entry("rides", json!({"fare": 7.5, "city": "Pau", "tip": 1}))]).await);
+    let bus = BusEngine::start(
+        store.clone(),
+        fast(),
+        Arc::new(Factory::default()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    accepted(
+        &bus.put_events(vec![entry("rides", json!({"fare": 12, "city": "Lyon"}))])
+            .await,
+    );
+    accepted(
+        &bus.put_events(vec![entry(
+            "rides",
+            json!({"fare": 7.5, "city": "Pau", "tip": 1}),
+        )])
+        .await,
+    );
     let (version, schema) = bus.with_schemas(|r| {
         let v = r.latest("rides", "ride").expect("discovered");
         (v.version, v.schema.clone())
     });
     assert_eq!(version, 2, "the second event widened the schema");
     assert_eq!(schema["properties"]["city"]["type"], "string");
-    bus.set_schema_validation("rides", "ride", true).await.unwrap();
-    let out = bus.put_events(vec![entry("rides", json!({"fare": "twelve", "city": "Nice"})), entry("rides", json!({"fare": 3, "city": "Nice"}))]).await;
+    bus.set_schema_validation("rides", "ride", true)
+        .await
+        .unwrap();
+    let out = bus
+        .put_events(vec![
+            entry("rides", json!({"fare": "twelve", "city": "Nice"})),
+            entry("rides", json!({"fare": 3, "city": "Nice"})),
+        ])
+        .await;
     match &out[0] {
         PutOutcome::Failed { code, message } => {
             assert_eq!(code, "InvalidArgument");
@@ -796,8 +819,18 @@ async fn schemas_are_discovered_on_put_validate_when_asked_and_survive_a_restart
     }
     assert!(matches!(out[1], PutOutcome::Accepted { .. }));
     bus.shutdown().await;
-    let again = BusEngine::start(store.clone(), fast(), Arc::new(Factory::default()), Arc::new(SystemClock)).await.unwrap();
-    assert_eq!(again.with_schemas(|r| r.latest("rides", "ride").map(|v| v.version)), Some(2));
+    let again = BusEngine::start(
+        store.clone(),
+        fast(),
+        Arc::new(Factory::default()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.with_schemas(|r| r.latest("rides", "ride").map(|v| v.version)),
+        Some(2)
+    );
     assert!(again.with_schemas(|r| r.validation_enabled("rides", "ride")));
     again.shutdown().await;
 }
