@@ -834,3 +834,41 @@ async fn schemas_are_discovered_on_put_validate_when_asked_and_survive_a_restart
     assert!(again.with_schemas(|r| r.validation_enabled("rides", "ride")));
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_put_through_one_engine_is_followed_by_another_on_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let factory = Arc::new(Factory::default());
+    let a = BusEngine::start(
+        store.clone(),
+        fast(),
+        factory.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let b = BusEngine::start(
+        store.clone(),
+        fast(),
+        factory.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    b.create_bus("late").await.unwrap();
+    let mut r = rule("r", json!({"source": ["s"]}), vec![target("t")]);
+    r.event_bus_name = "late".into();
+    b.put_rule(r).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut changes = store.changes();
+    while a.list_rules("late").map(|r| r.len()).unwrap_or(0) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine a never saw b's rule"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

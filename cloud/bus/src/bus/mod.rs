@@ -153,6 +153,7 @@ enum TaskKey {
         fingerprint: String,
     },
     Replay(String),
+    ConfigWatch,
 }
 
 pub(crate) struct Inner {
@@ -211,6 +212,12 @@ impl BusEngine {
         };
         engine.load_schemas().await?;
         engine.reload().await?;
+        let watcher = tokio::spawn(watch_definitions(engine.clone()));
+        engine
+            .inner
+            .tasks
+            .lock()
+            .insert(TaskKey::ConfigWatch, watcher);
         Ok(engine)
     }
 
@@ -887,7 +894,7 @@ impl BusEngine {
         }
         let mut tasks = self.inner.tasks.lock();
         tasks.retain(|k, h| {
-            let keep = want.contains_key(k) && !h.is_finished();
+            let keep = (want.contains_key(k) || *k == TaskKey::ConfigWatch) && !h.is_finished();
             if !keep {
                 h.abort();
             }
@@ -901,6 +908,37 @@ impl BusEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// Follows `bus-config` and reloads when another process (a replica on the same PostgreSQL)
+/// changed the definitions; this process's own changes are already applied.
+async fn watch_definitions(engine: BusEngine) {
+    let store = engine.inner.store.clone();
+    loop {
+        let next = engine.inner.defs.lock().1.map_or(0, |v| v + 1);
+        let mut f = follow::Follower::new(
+            &*store,
+            names::CONFIG_STREAM.to_string(),
+            next,
+            engine.inner.cfg.poll_interval,
+            engine.inner.stop.clone(),
+        );
+        match f.read(&*store, 1).await {
+            Ok(events) if !events.is_empty() => {
+                // A version past ours: another process changed the definitions (or our own
+                // change is being applied right now: reloading reads the same).
+                if let Err(e) = engine.reload().await {
+                    tracing::warn!(error = %e, "reloading the bus definitions failed");
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the bus definitions failed"),
+        }
+        if f.wait(Some(Duration::from_secs(5))).await.is_err() {
+            return;
+        }
     }
 }
 
