@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/outrider/v1/agent.proto",
         "proto/outrider/v1/sync.proto",
         "proto/outrider/v1/cqrs.proto",
+        "proto/outrider/v1/bus.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # with-moto.sh CMD [ARGS...]: runs CMD with OUTRIDER_TEST_MOTO pointing at a moto server (an AWS
-# emulator: Kinesis here) — the one OUTRIDER_TEST_MOTO already names, or a throwaway one started
+# emulator: Kinesis here) and OUTRIDER_TEST_AWS_CLI at an AWS CLI (pip's awscli when missing) — the one OUTRIDER_TEST_MOTO already names, or a throwaway one started
 # for CMD (`moto_server -H 127.0.0.1 -p <free port>`; moto installed with pip when missing) and
 # stopped when CMD ends. Exits with CMD's status. moto keeps everything in memory: nothing to
 # delete afterwards.
@@ -14,7 +14,7 @@ if [[ $# -eq 0 ]]; then
     echo "usage: $0 CMD [ARGS...]" >&2
     exit 2
 fi
-if [[ -n ${OUTRIDER_TEST_MOTO:-} ]]; then
+if [[ -n ${OUTRIDER_TEST_MOTO:-} && -n ${OUTRIDER_TEST_AWS_CLI:-} ]]; then
     exec "$@"
 fi
 
@@ -51,8 +51,10 @@ fi
 LOG=${OUTRIDER_MOTO_LOG:-$(mktemp -t outrider-moto-XXXXXX.log)}
 "${MOTO[@]}" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
 MOTO_PID=$!
+WRAP_DIR=""
 stop() {
     local status=$?
+    [[ -n $WRAP_DIR ]] && rm -rf -- "$WRAP_DIR"
     if kill -0 "$MOTO_PID" 2>/dev/null; then
         kill "$MOTO_PID" 2>/dev/null || true
         wait "$MOTO_PID" 2>/dev/null || true
@@ -84,4 +86,26 @@ answers || die "moto_server did not answer on $URL within 10 s"
 
 export OUTRIDER_TEST_MOTO=$URL
 echo "with-moto.sh: moto for the tests: OUTRIDER_TEST_MOTO=$OUTRIDER_TEST_MOTO" >&2
+
+# The AWS CLI, for the bus's test that drives its EventBridge HTTP API with `aws events ...
+# --endpoint-url` (OUTRIDER_TEST_AWS_CLI): `aws` when on PATH, else `python3 -m awscli`
+# (installed with pip when missing) behind a small wrapper.
+if [[ -z ${OUTRIDER_TEST_AWS_CLI:-} ]]; then
+    if command -v aws >/dev/null 2>&1; then
+        OUTRIDER_TEST_AWS_CLI=$(command -v aws)
+    else
+        [[ -n $PYTHON ]] || die "aws CLI not found and no python3 to install it with"
+        if ! "$PYTHON" -c 'import awscli' >/dev/null 2>&1; then
+            echo "with-moto.sh: aws CLI not found; installing awscli with pip" >&2
+            "$PYTHON" -m pip install --quiet --disable-pip-version-check awscli >&2 \
+                || die "pip install awscli failed"
+        fi
+        WRAP_DIR=$(mktemp -d -t outrider-awscli-XXXXXX)
+        printf '#!/bin/sh\nexec "%s" -m awscli "$@"\n' "$PYTHON" >"$WRAP_DIR/aws"
+        chmod +x "$WRAP_DIR/aws"
+        OUTRIDER_TEST_AWS_CLI=$WRAP_DIR/aws
+    fi
+    export OUTRIDER_TEST_AWS_CLI
+fi
+echo "with-moto.sh: AWS CLI for the tests: OUTRIDER_TEST_AWS_CLI=$OUTRIDER_TEST_AWS_CLI" >&2
 "$@"

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use outrider_bus::api::groups::{GroupSettings, Groups};
 use outrider_bus::bus::{BusConfig, BusEngine};
 use outrider_bus::model::{ArchiveDef, RuleDef};
 use outrider_bus::targets::factory::{DefaultFactory, FactoryConfig};
@@ -104,6 +105,7 @@ impl Default for BusSection {
 pub struct RunningBus {
     pub engine: BusEngine,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    groups: Option<Groups>,
 }
 
 impl RunningBus {
@@ -111,6 +113,9 @@ impl RunningBus {
     pub async fn stop(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(g) = &self.groups {
+            g.shutdown().await;
         }
         self.engine.shutdown().await;
     }
@@ -153,13 +158,18 @@ pub async fn start(
             "cloud".into(),
         )));
     }
-    tasks.extend(serve(&engine, section).await?);
+    let (api, groups) = serve(&engine, section).await?;
+    tasks.extend(api);
     tracing::info!(
         buses = engine.definitions().buses.len(),
         from_agents = section.from_agents,
         "event bus running"
     );
-    Ok(Some(RunningBus { engine, tasks }))
+    Ok(Some(RunningBus {
+        engine,
+        tasks,
+        groups,
+    }))
 }
 
 /// Creates the configured buses, rules and archives that are missing or different.
@@ -198,11 +208,44 @@ async fn seed(engine: &BusEngine, section: &BusSection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the API listeners.
+/// Starts the API listeners: EventBridge's HTTP API and the gRPC `outrider.v1.Bus` service.
+/// They stop when their tasks are aborted ([`RunningBus::stop`]).
 async fn serve(
     engine: &BusEngine,
     section: &BusSection,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let _ = (engine, section);
-    Ok(Vec::new())
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Option<Groups>)> {
+    let mut tasks = Vec::new();
+    if let Some(addr) = section.api_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bus.api_listen: cannot bind {addr}"))?;
+        let local = listener.local_addr().context("bus API address")?;
+        tracing::info!(listen = %local, "bus HTTP API (EventBridge, AWS JSON 1.1) listening");
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                outrider_bus::api::http::serve(listener, engine, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "the bus HTTP API stopped");
+            }
+        }));
+    }
+    let mut groups = None;
+    if let Some(addr) = section.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bus.grpc_listen: cannot bind {addr}"))?;
+        let local = listener.local_addr().context("bus gRPC address")?;
+        tracing::info!(listen = %local, "bus gRPC API (PutEvents, Subscribe) listening");
+        let g = Groups::new(engine.clone(), GroupSettings::default());
+        groups = Some(g.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                outrider_bus::api::grpc::serve(listener, g, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "the bus gRPC API stopped");
+            }
+        }));
+    }
+    Ok((tasks, groups))
 }

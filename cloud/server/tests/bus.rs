@@ -228,3 +228,113 @@ RetryPolicy = {{ MaximumRetryAttempts = 185, MaximumEventAgeInSeconds = 3600 }}
     cloud.kill().unwrap();
     cloud.wait().unwrap();
 }
+
+/// A raw HTTP/1.1 POST with the AWS JSON 1.1 headers; returns (status, body).
+fn aws_json(addr: std::net::SocketAddr, action: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AWSEvents.{action}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_events_over_the_eventbridge_api_reach_a_grpc_consumer_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (api, grpc) = (free(), free());
+    let cfg = dir.path().join("cloud.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"listen = "127.0.0.1:{}"
+data_dir = {:?}
+insecure = true
+[bus]
+api_listen = "{api}"
+grpc_listen = "{grpc}"
+buses = ["orders"]
+[[bus.rules]]
+Name = "big-orders"
+EventBusName = "orders"
+EventPattern = '{{"detail": {{"total": [{{"numeric": [">=", 100]}}]}}}}'
+[[bus.rules.Targets]]
+Id = "audit"
+Destination = {{ Type = "Subscriber" }}
+"#,
+            free_port(),
+            dir.path().join("cloud")
+        ),
+    )
+    .unwrap();
+    let mut cloud = start_cloud(&cfg);
+    let entries: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            serde_json::json!({
+                "Source": "shop",
+                "DetailType": "OrderPlaced",
+                "EventBusName": "orders",
+                "Detail": serde_json::json!({"n": i, "total": i * 30}).to_string(),
+            })
+        })
+        .collect();
+    let (status, body) = aws_json(
+        api,
+        "PutEvents",
+        &serde_json::json!({"Entries": entries}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let resp: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(resp["FailedEntryCount"], 0, "{body}");
+    let ids: Vec<String> = resp["Entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["EventId"].as_str().unwrap().to_string())
+        .collect();
+    let (status, body) = aws_json(api, "PutEvents", r#"{"Entries": [{"Source": "shop"}]}"#);
+    // As EventBridge: a bad entry is a per-entry error, not a failed call.
+    assert_eq!(status, 200, "{body}");
+    let resp: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(resp["FailedEntryCount"], 1, "{body}");
+    assert_eq!(resp["Entries"][0]["ErrorCode"], "InvalidArgument", "{body}");
+
+    let mut client = outrider_bus::client::BusClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut sub = client
+        .subscribe("orders", "big-orders", "audit", "auditors", "a1")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("a delivery in time")
+            .unwrap()
+            .expect("the stream stays open");
+        sub.ack(d.position).await.unwrap();
+        got.push(d.event.id.clone());
+    }
+    // totals 0, 30, 60, 90 stay out; 120..270 (6 events) come in order.
+    assert_eq!(got, ids[4..].to_vec());
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+}

@@ -36,10 +36,14 @@ pub const MAX_MAX_IN_FLIGHT: u32 = 4096;
 /// The longest consumer name.
 pub const MAX_CONSUMER_LEN: usize = 128;
 
+/// The shortest visibility timeout (a shorter setting is raised to it).
+pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Settings of the consumer groups.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupSettings {
-    /// How long a member may hold a delivery unacknowledged before it goes to another member.
+    /// How long a member may hold a delivery unacknowledged before it goes to another member
+    /// (default 30 s; at least [`MIN_VISIBILITY_TIMEOUT`]).
     pub visibility_timeout: Duration,
     /// Entries of a group held in memory at most.
     pub window: usize,
@@ -357,7 +361,14 @@ struct Running {
     members: BTreeMap<MemberId, mpsc::UnboundedSender<MemberMessage>>,
     defs: (RuleDef, TargetDef),
     base: Instant,
+    /// A checkpoint not saved yet, and when the last one was.
+    unsaved: Option<u64>,
+    saved_at: Instant,
 }
+
+/// How long a busy group's checkpoint may lag behind its acknowledgements (a restart delivers
+/// what was acknowledged in that time again: at least once).
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 
 impl Running {
     fn now_ms(&self) -> u64 {
@@ -452,14 +463,25 @@ impl Running {
         }
     }
 
-    async fn save(&mut self) -> Result<(), BusError> {
+    /// Saves the checkpoint if it moved: at once with `now`, else when the last save is
+    /// [`SAVE_EVERY`] old (a busy group saves a few times a second, an idle one at once).
+    async fn save(&mut self, now: bool) -> Result<(), BusError> {
         if let Some(cp) = self.core.advance() {
-            self.shared
-                .engine
-                .store()
-                .save_checkpoint(&self.cp_name, cp, Some(&self.lease))
-                .await?;
+            self.unsaved = Some(cp);
         }
+        let Some(cp) = self.unsaved else {
+            return Ok(());
+        };
+        if !now && self.saved_at.elapsed() < SAVE_EVERY {
+            return Ok(());
+        }
+        self.shared
+            .engine
+            .store()
+            .save_checkpoint(&self.cp_name, cp, Some(&self.lease))
+            .await?;
+        self.unsaved = None;
+        self.saved_at = Instant::now();
         Ok(())
     }
 
@@ -503,8 +525,14 @@ async fn start(shared: &Arc<Shared>, key: &GroupKey) -> Result<Running, GroupErr
         .await
         .map_err(|e| GroupError::Internal(e.to_string()))?;
     let cfg = GroupConfig {
-        visibility_timeout_ms: u64::try_from(shared.settings.visibility_timeout.as_millis())
-            .unwrap_or(u64::MAX),
+        visibility_timeout_ms: u64::try_from(
+            shared
+                .settings
+                .visibility_timeout
+                .max(MIN_VISIBILITY_TIMEOUT)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX),
         window: shared.settings.window,
     };
     Ok(Running {
@@ -517,6 +545,8 @@ async fn start(shared: &Arc<Shared>, key: &GroupKey) -> Result<Running, GroupErr
         members: BTreeMap::new(),
         defs,
         base: Instant::now(),
+        unsaved: None,
+        saved_at: Instant::now(),
     })
 }
 
@@ -544,6 +574,10 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
     let mut stop = shared.stop_tx.subscribe();
     let mut more = true;
     let outcome: Result<(), GroupError> = loop {
+        if *stop.borrow() {
+            // Also a task started just as the groups shut down (its `changed` never fires).
+            break Err(GroupError::Unavailable("shutting down".into()));
+        }
         while let Ok(c) = rx.try_recv() {
             g.handle(c);
         }
@@ -551,7 +585,7 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
             // Keep the progress, then leave the map unless someone joined meanwhile. The lease
             // is not released: this process's holder name takes it again at once, other
             // replicas after its ttl.
-            if let Err(e) = g.save().await {
+            if let Err(e) = g.save(true).await {
                 break Err(GroupError::from(e));
             }
             let left = deregister(&shared, &key, &mut rx);
@@ -573,7 +607,7 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
                     break Err(GroupError::Unavailable(format!(
                         "consumer group {} lost its lease: {e}",
                         key.group
-                    )))
+                    )));
                 }
             }
         }
@@ -585,7 +619,8 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
             }
         }
         g.dispatch();
-        if let Err(e) = g.save().await {
+        // Busy (more commands queued): coalesce; about to wait: save now.
+        if let Err(e) = g.save(rx.is_empty()).await {
             break Err(GroupError::from(e));
         }
         if more && g.core.room() > 0 {
@@ -619,7 +654,7 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
         .err()
         .unwrap_or_else(|| GroupError::Unavailable("the group stopped".into()));
     tracing::info!(bus = %key.bus, rule = %key.rule, target = %key.target, group = %key.group, reason = %why, "consumer group stopped");
-    let _ = g.save().await;
+    let _ = g.save(true).await;
     g.close_all(&why);
     let _ = store.release_lease(&g.lease).await;
     loop {

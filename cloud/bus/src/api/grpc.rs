@@ -96,6 +96,36 @@ pub fn outcomes_to_proto(out: Vec<PutOutcome>) -> PutEventsResponse {
     }
 }
 
+/// The most bytes of deliveries one response message carries (a message holds at least one).
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deliveries as response messages of at most [`MAX_RESPONSE_BYTES`] each.
+fn response_messages(deliveries: Vec<MemberDelivery>) -> Vec<BusSubscribeResponse> {
+    use prost::Message;
+    let wrap = |deliveries: Vec<BusDelivery>| BusSubscribeResponse {
+        kind: Some(bus_subscribe_response::Kind::Deliveries(BusDeliveries {
+            deliveries,
+        })),
+    };
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for d in deliveries {
+        let d = delivery_to_proto(d);
+        let len = d.encoded_len() + 8;
+        if !batch.is_empty() && bytes + len > MAX_RESPONSE_BYTES {
+            out.push(wrap(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(d);
+    }
+    if !batch.is_empty() {
+        out.push(wrap(batch));
+    }
+    out
+}
+
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<BusSubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -159,12 +189,10 @@ impl Bus for BusService {
                 tokio::select! {
                     m = member.recv() => match m {
                         Some(MemberMessage::Deliveries(d)) => {
-                            let resp = BusSubscribeResponse {
-                                kind: Some(bus_subscribe_response::Kind::Deliveries(BusDeliveries {
-                                    deliveries: d.into_iter().map(delivery_to_proto).collect(),
-                                })),
-                            };
-                            if tx.send(Ok(resp)).is_err() {
+                            let sent = response_messages(d)
+                                .into_iter()
+                                .all(|resp| tx.send(Ok(resp)).is_ok());
+                            if !sent {
                                 break;
                             }
                         }
@@ -204,9 +232,50 @@ pub async fn serve(
     groups: Groups,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Without TCP_NODELAY a small response waits for the peer's delayed ACK (~40 ms a call).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(BusService::server(groups))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(position: u64, payload_len: usize) -> MemberDelivery {
+        MemberDelivery {
+            delivery_id: format!("d{position}"),
+            position,
+            attempt: 1,
+            event: outrider_proto::Event::default(),
+            payload: Ok("x".repeat(payload_len)),
+        }
+    }
+
+    fn sizes(msgs: &[BusSubscribeResponse]) -> Vec<Vec<u64>> {
+        msgs.iter()
+            .map(|m| match &m.kind {
+                Some(bus_subscribe_response::Kind::Deliveries(d)) => {
+                    d.deliveries.iter().map(|x| x.position).collect()
+                }
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deliveries_are_split_into_messages_under_the_byte_limit() {
+        let small = response_messages((0..100).map(|p| d(p, 100)).collect());
+        assert_eq!(sizes(&small), vec![(0..100).collect::<Vec<u64>>()]);
+        let big = response_messages(vec![
+            d(0, 3 * 1024 * 1024),
+            d(1, 3 * 1024 * 1024),
+            d(2, 10),
+            d(3, 5 * 1024 * 1024),
+        ]);
+        assert_eq!(sizes(&big), vec![vec![0], vec![1, 2], vec![3]]);
+        assert!(response_messages(Vec::new()).is_empty());
+    }
 }

@@ -170,7 +170,7 @@ async fn call(
                 kind: "RequestEntityTooLargeException",
                 status: 413,
                 message: format!("the request body is over {MAX_BODY_BYTES} bytes"),
-            })
+            });
         }
         Err(r) => return Err(AwsError::new("SerializationException", r.body_text())),
     };
@@ -317,7 +317,7 @@ async fn put_events(engine: &BusEngine, r: &Req<'_>) -> Answer {
             return Err(AwsError::new(
                 "SerializationException",
                 "Entries must be an array",
-            ))
+            ));
         }
         None => return Err(AwsError::validation("Parameter Entries is required.")),
     };
@@ -425,7 +425,9 @@ fn destination(t: &Req<'_>) -> Result<Destination, String> {
         return Ok(Destination::Subscriber);
     }
     let unsupported = || {
-        format!("Target ARN {arn} is not supported here (Kinesis streams, event buses, state machines, {SUBSCRIBER_ARN}, or OutriderDestination)")
+        format!(
+            "Target ARN {arn} is not supported here (Kinesis streams, event buses, state machines, {SUBSCRIBER_ARN}, or OutriderDestination)"
+        )
     };
     let (service, resource) = arn_parts(&arn).ok_or_else(unsupported)?;
     match service {
@@ -519,7 +521,7 @@ async fn put_targets(engine: &BusEngine, r: &Req<'_>) -> Answer {
         _ => {
             return Err(AwsError::validation(
                 "Parameter Targets is required (a non-empty array).",
-            ))
+            ));
         }
     };
     let mut rule = require_rule(engine, &bus, &name)?;
@@ -553,7 +555,7 @@ async fn remove_targets(engine: &BusEngine, r: &Req<'_>) -> Answer {
         _ => {
             return Err(AwsError::validation(
                 "Parameter Ids is required (a non-empty array).",
-            ))
+            ));
         }
     };
     let mut rule = require_rule(engine, &bus, &name)?;
@@ -811,7 +813,7 @@ async fn start_replay(engine: &BusEngine, r: &Req<'_>) -> Answer {
             return Err(AwsError::new(
                 "SerializationException",
                 "FilterArns must be an array",
-            ))
+            ));
         }
     };
     let def = ReplayDef {

@@ -74,16 +74,74 @@ pub fn entry_failure(e: &outrider_proto::ConvertError) -> crate::bus::PutOutcome
     }
 }
 
-/// PutEvents with entries that may have failed at the boundary already: the others go to the
-/// engine (in one call), and the outcomes come back in the request's order.
+/// Room the boundary keeps under the store's event limit for what the engine and the
+/// dispatcher add to an entry (id, time, account, region, stream, origin node; the queue
+/// entry's delivery id and extensions).
+pub const STORED_OVERHEAD_BYTES: usize = 512;
+
+/// Checks an entry as the store will, so that it fails alone instead of failing the atomic
+/// append of every entry of its bus: field sizes, and the size as stored (with
+/// [`STORED_OVERHEAD_BYTES`]) under `outrider_store::MAX_EVENT_BYTES`.
+pub fn check_stored(
+    engine: &crate::bus::BusEngine,
+    e: &outrider_proto::Event,
+) -> Result<(), crate::bus::PutOutcome> {
+    use prost::Message;
+    let fail = |message: String| crate::bus::PutOutcome::Failed {
+        code: "InvalidArgument".into(),
+        message,
+    };
+    for (field, value) in [
+        ("Id", &e.id),
+        ("Source", &e.source),
+        ("DetailType", &e.detail_type),
+    ] {
+        if value.len() > 256 {
+            return Err(fail(format!("{field} is longer than 256 bytes")));
+        }
+    }
+    let cfg = engine.config();
+    let filled = if e.account.is_empty() {
+        cfg.account.len()
+    } else {
+        0
+    } + if e.region.is_empty() {
+        cfg.region.len()
+    } else {
+        0
+    } + crate::bus::bus_of(&e.event_bus_name).len() * 2;
+    let size = e.encoded_len() + filled + STORED_OVERHEAD_BYTES;
+    if size > outrider_store::MAX_EVENT_BYTES {
+        return Err(fail(format!(
+            "the entry is about {size} bytes as stored, over the store's {}-byte event limit",
+            outrider_store::MAX_EVENT_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// PutEvents with entries that may have failed at the boundary already: the others are checked
+/// with [`check_stored`] (and for ids given twice) and go to the engine in one call; the
+/// outcomes come back in the request's order.
 pub async fn put_checked(
     engine: &crate::bus::BusEngine,
     entries: Vec<Result<outrider_proto::Event, crate::bus::PutOutcome>>,
 ) -> Vec<crate::bus::PutOutcome> {
     let mut out: Vec<Option<crate::bus::PutOutcome>> = Vec::with_capacity(entries.len());
     let mut good = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for e in entries {
-        match e {
+        let checked = e.and_then(|ev| {
+            check_stored(engine, &ev)?;
+            if !ev.id.is_empty() && !ids.insert(ev.id.clone()) {
+                return Err(crate::bus::PutOutcome::Failed {
+                    code: "InvalidArgument".into(),
+                    message: format!("id {} is given twice in the request", ev.id),
+                });
+            }
+            Ok(ev)
+        });
+        match checked {
             Ok(ev) => {
                 good.push(ev);
                 out.push(None);
