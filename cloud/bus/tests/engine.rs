@@ -692,3 +692,33 @@ async fn a_rule_put_through_one_engine_is_followed_by_another_on_the_same_store(
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_store_refuses_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bus = BusEngine::start(
+        store.clone(),
+        fast(),
+        Arc::new(Factory::default()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let huge = json!({"blob": "x".repeat(outrider_store::MAX_EVENT_BYTES)});
+    let out = bus
+        .put_events(vec![
+            entry("s", json!({"n": 1})),
+            entry("s", huge),
+            entry("s", json!({"n": 3})),
+        ])
+        .await;
+    assert!(matches!(&out[0], PutOutcome::Accepted { .. }), "{out:?}");
+    assert!(
+        matches!(&out[1], PutOutcome::Failed { code, .. } if code == "InvalidArgument"),
+        "{out:?}"
+    );
+    assert!(matches!(&out[2], PutOutcome::Accepted { .. }), "{out:?}");
+    assert_eq!(stream(&store, "bus/default").await.len(), 2);
+    bus.shutdown().await;
+}

@@ -641,17 +641,42 @@ impl BusEngine {
             }
         }
         for (bus, items) in by_bus {
+            let stream = names::bus_stream(&bus);
+            // One atomic append per bus; a copy is kept only when a refusal of one entry
+            // (too large, bad detail, a duplicate id) must not fail the others: they are then
+            // appended one by one.
+            let single = items.len() == 1;
+            let copy = if single { None } else { Some(items.clone()) };
             let (idx, events): (Vec<usize>, Vec<Event>) = items.into_iter().unzip();
             let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
             match self
                 .inner
                 .store
-                .append(&names::bus_stream(&bus), ExpectedVersion::Any, events)
+                .append(&stream, ExpectedVersion::Any, events)
                 .await
             {
                 Ok(_) => {
                     for (i, id) in idx.into_iter().zip(ids) {
                         out[i] = Some(PutOutcome::Accepted { event_id: id });
+                    }
+                }
+                Err(e) if per_entry(&e) && copy.is_some() => {
+                    for (i, ev) in copy.into_iter().flatten() {
+                        let id = ev.id.clone();
+                        out[i] = Some(
+                            match self
+                                .inner
+                                .store
+                                .append(&stream, ExpectedVersion::Any, vec![ev])
+                                .await
+                            {
+                                Ok(_) => PutOutcome::Accepted { event_id: id },
+                                Err(e) => {
+                                    let (code, message) = entry_error(&e);
+                                    PutOutcome::Failed { code, message }
+                                }
+                            },
+                        );
                     }
                 }
                 Err(e) => {
@@ -955,6 +980,18 @@ pub fn bus_of(name: &str) -> &str {
 
 fn schema_error(e: SchemaError) -> BusError {
     BusError::Validation(e.to_string())
+}
+
+/// Whether a store refusal of a batch is about one of its entries (so the others may go alone).
+fn per_entry(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::EventTooLarge { .. }
+            | StoreError::InvalidDetail { .. }
+            | StoreError::InvalidEvent { .. }
+            | StoreError::DuplicateIdInRequest { .. }
+            | StoreError::PartialDuplicate { .. }
+    )
 }
 
 /// EventBridge's per-entry error code for a store refusal.
