@@ -30,6 +30,10 @@ pub struct GroupConfig {
     pub visibility_timeout_ms: u64,
     /// The most entries held in memory (pending, in flight, or acknowledged past a gap).
     pub window: usize,
+    /// Deliveries of one entry at most (the target's `MaximumRetryAttempts` + 1); an entry
+    /// that reached it without an acknowledgement is taken out of the group
+    /// ([`GroupCore::take_exhausted`]: the shell dead-letters it). `None`: no limit.
+    pub max_deliveries: Option<u32>,
 }
 
 impl Default for GroupConfig {
@@ -37,6 +41,7 @@ impl Default for GroupConfig {
         GroupConfig {
             visibility_timeout_ms: 30_000,
             window: 1024,
+            max_deliveries: None,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct GroupCore<T> {
     cursor: MemberId,
     /// The checkpoint last reported by [`GroupCore::advance`] (or loaded).
     saved: Option<u64>,
+    /// Entries that reached `max_deliveries`: (version, item, deliveries made).
+    exhausted: Vec<(u64, T, u32)>,
 }
 
 impl<T: Clone> GroupCore<T> {
@@ -107,6 +114,7 @@ impl<T: Clone> GroupCore<T> {
             members: BTreeMap::new(),
             cursor: 0,
             saved: checkpoint,
+            exhausted: Vec::new(),
         }
     }
 
@@ -215,6 +223,17 @@ impl<T: Clone> GroupCore<T> {
         let mut out = Vec::new();
         let pending: Vec<u64> = self.pending.iter().copied().collect();
         for v in pending {
+            if let (Some(max), Some(slot)) = (self.cfg.max_deliveries, self.slots.get_mut(&v)) {
+                if slot.attempt >= max {
+                    // Delivered `max` times and never acknowledged: out of the group. It
+                    // counts as finished for the checkpoint, so the shell must write it to the
+                    // dead-letter stream before it saves the next checkpoint.
+                    slot.acked = true;
+                    self.pending.remove(&v);
+                    self.exhausted.push((v, slot.item.clone(), slot.attempt));
+                    continue;
+                }
+            }
             let last = self.slots.get(&v).and_then(|s| s.last_holder);
             let Some(member) = self.choose(last) else {
                 break;
@@ -239,6 +258,12 @@ impl<T: Clone> GroupCore<T> {
             });
         }
         out
+    }
+
+    /// Entries taken out of the group after `max_deliveries` deliveries without an
+    /// acknowledgement, since the last call.
+    pub fn take_exhausted(&mut self) -> Vec<(u64, T, u32)> {
+        std::mem::take(&mut self.exhausted)
     }
 
     /// Drops the acknowledged prefix of the window. `Some(checkpoint)` when the last version of
@@ -312,6 +337,7 @@ mod tests {
         GroupConfig {
             visibility_timeout_ms: vis,
             window,
+            max_deliveries: None,
         }
     }
 
@@ -493,5 +519,31 @@ mod tests {
         assert_eq!(g.advance(), Some(6));
         g.ack(1, 7);
         assert_eq!(g.advance(), Some(7));
+    }
+
+    #[test]
+    fn an_entry_never_acknowledged_leaves_after_max_deliveries() {
+        let mut g: GroupCore<&str> = GroupCore::new(
+            GroupConfig {
+                visibility_timeout_ms: 10,
+                window: 8,
+                max_deliveries: Some(2),
+            },
+            None,
+        );
+        g.join(1, 4);
+        g.offer(0, "poison");
+        g.offer(1, "fine");
+        let first = g.assign(0);
+        assert_eq!(first.len(), 2);
+        assert!(g.ack(1, 1));
+        assert_eq!(g.expire(10), 1);
+        let second = g.assign(10);
+        assert_eq!((second[0].position, second[0].attempt), (0, 2));
+        assert!(g.take_exhausted().is_empty());
+        assert_eq!(g.expire(20), 1);
+        assert!(g.assign(20).is_empty(), "not delivered a third time");
+        assert_eq!(g.take_exhausted(), vec![(0, "poison", 2)]);
+        assert_eq!(g.advance(), Some(1), "both entries are finished");
     }
 }

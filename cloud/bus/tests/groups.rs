@@ -149,3 +149,57 @@ async fn a_group_is_served_by_one_replica_at_a_time() {
     two.shutdown().await;
     e.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_nobody_acknowledges_goes_to_the_dead_letter_stream_after_its_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    // MaximumRetryAttempts 1: two deliveries at most.
+    let mut rule = e.list_rules("default").unwrap().remove(0);
+    rule.targets[0].retry_policy.maximum_retry_attempts = 1;
+    e.put_rule(rule).await.unwrap();
+    let settings = GroupSettings {
+        visibility_timeout: Duration::from_millis(100),
+        ..GroupSettings::default()
+    };
+    let groups = Groups::new(e.clone(), settings);
+    let mut m = groups.join(key("g"), "a", 10).await.unwrap();
+    put(&e, 3).await;
+    // Acknowledge 1 and 2, never 0.
+    let first = positions(&mut m, 3).await;
+    assert_eq!(first, vec![0, 1, 2]);
+    m.ack(vec![1, 2]);
+    assert_eq!(positions(&mut m, 1).await, vec![0], "redelivered once");
+    let dlq = outrider_bus::names::dlq_stream("default", "r", "sub");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let page = e
+            .store()
+            .read_stream(
+                &dlq,
+                outrider_store::StreamFrom::Start,
+                outrider_store::Direction::Forwards,
+                10,
+            )
+            .await
+            .unwrap();
+        if !page.events.is_empty() {
+            break page.events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    let d: serde_json::Value = serde_json::from_str(&dead[0].detail).unwrap();
+    assert_eq!(d["exhausted"], "MaximumRetryAttempts");
+    assert_eq!(d["errorCode"], "NotAcknowledged");
+    assert_eq!(d["attempts"], 2);
+    // Not delivered a third time; new entries still flow.
+    put(&e, 1).await;
+    assert_eq!(positions(&mut m, 1).await, vec![3]);
+    groups.shutdown().await;
+    e.shutdown().await;
+}

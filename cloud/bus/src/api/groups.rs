@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrider_proto::Event;
-use outrider_store::Lease;
+use outrider_store::{ExpectedVersion, Lease};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -463,6 +463,56 @@ impl Running {
         }
     }
 
+    /// Writes the entries that used up their deliveries to the target's dead-letter stream (the
+    /// same record as a pushed target's: the event, the limit, the attempts), before the next
+    /// checkpoint can pass them.
+    async fn dead_letter(&mut self) -> Result<(), BusError> {
+        let dead = self.core.take_exhausted();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let (rule, target) = (&self.defs.0, &self.defs.1);
+        let rule_arn = self
+            .shared
+            .engine
+            .rule_arn(&rule.event_bus_name, &rule.name);
+        let records: Vec<Event> = dead
+            .iter()
+            .map(|(_, entry, attempts)| {
+                crate::bus::dead_letter_record(
+                    &entry.delivery_id,
+                    &entry.event,
+                    &rule_arn,
+                    &rule.name,
+                    &target.id,
+                    "NotAcknowledged",
+                    &format!("delivered {attempts} times to consumer group {} without an acknowledgement", self.key.group),
+                    *attempts,
+                    "MaximumRetryAttempts",
+                )
+            })
+            .collect();
+        if !target.dead_letter {
+            tracing::warn!(group = %self.key.group, dropped = records.len(), "entries never acknowledged; no dead-letter stream configured");
+            return Ok(());
+        }
+        let dlq = names::dlq_stream(&rule.event_bus_name, &rule.name, &target.id);
+        let store = self.shared.engine.store();
+        match store
+            .append(&dlq, ExpectedVersion::Any, records.clone())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(outrider_store::StoreError::PartialDuplicate { .. }) => {
+                for r in records {
+                    store.append(&dlq, ExpectedVersion::Any, vec![r]).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Saves the checkpoint if it moved: at once with `now`, else when the last save is
     /// [`SAVE_EVERY`] old (a busy group saves a few times a second, an idle one at once).
     async fn save(&mut self, now: bool) -> Result<(), BusError> {
@@ -534,6 +584,7 @@ async fn start(shared: &Arc<Shared>, key: &GroupKey) -> Result<Running, GroupErr
         )
         .unwrap_or(u64::MAX),
         window: shared.settings.window,
+        max_deliveries: Some(defs.1.retry_policy.maximum_retry_attempts.saturating_add(1)),
     };
     Ok(Running {
         shared: shared.clone(),
@@ -619,6 +670,9 @@ async fn run(shared: Arc<Shared>, key: GroupKey, mut rx: mpsc::UnboundedReceiver
             }
         }
         g.dispatch();
+        if let Err(e) = g.dead_letter().await {
+            break Err(GroupError::from(e));
+        }
         // Busy (more commands queued): coalesce; about to wait: save now.
         if let Err(e) = g.save(rx.is_empty()).await {
             break Err(GroupError::from(e));

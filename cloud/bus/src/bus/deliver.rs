@@ -291,7 +291,6 @@ fn render(
         .map_err(|e| DeliveryError::permanent("InputTransformationFailed", e.to_string()))
 }
 
-/// The dead-letter record of a delivery: the error, the limit that ended it, and the event.
 fn dead_letter(
     item: &Item,
     rule_arn: &str,
@@ -301,32 +300,59 @@ fn dead_letter(
     attempts: u32,
     why: Exhausted,
 ) -> Event {
-    let event =
-        outrider_proto::eventbridge::to_json(&item.original).unwrap_or(serde_json::Value::Null);
+    dead_letter_record(
+        &item.entry.id,
+        &item.original,
+        rule_arn,
+        &rule.name,
+        &tdef.id,
+        &err.code,
+        &err.message,
+        attempts,
+        why.as_str(),
+    )
+}
+
+/// A dead-letter record (`Delivery Failed`, id = the delivery id): the rule, the target, the
+/// last error, the attempts, the limit that ended them, and the event (left out, with its id
+/// kept, when it would push the record over the store's event limit).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dead_letter_record(
+    delivery_id: &str,
+    original: &Event,
+    rule_arn: &str,
+    rule: &str,
+    target: &str,
+    code: &str,
+    message: &str,
+    attempts: u32,
+    exhausted: &str,
+) -> Event {
+    let event = outrider_proto::eventbridge::to_json(original).unwrap_or(serde_json::Value::Null);
     let mut detail = serde_json::json!({
-        "rule": rule.name,
+        "rule": rule,
         "ruleArn": rule_arn,
-        "target": tdef.id,
-        "errorCode": err.code,
-        "errorMessage": err.message,
+        "target": target,
+        "errorCode": code,
+        "errorMessage": message,
         "attempts": attempts,
-        "exhausted": why.as_str(),
+        "exhausted": exhausted,
         "event": event,
     });
     let mut text = detail.to_string();
     if text.len() + 1024 > outrider_store::MAX_EVENT_BYTES {
         detail["event"] =
-            serde_json::json!({"id": item.original.id, "omitted": "over the store's event limit"});
+            serde_json::json!({"id": original.id, "omitted": "over the store's event limit"});
         text = detail.to_string();
     }
     Event {
-        id: item.entry.id.clone(),
+        id: delivery_id.to_string(),
         source: "outrider.bus".into(),
         detail_type: "Delivery Failed".into(),
         detail: text,
         resources: vec![rule_arn.to_string()],
-        account: item.original.account.clone(),
-        region: item.original.region.clone(),
+        account: original.account.clone(),
+        region: original.region.clone(),
         ..Event::default()
     }
 }

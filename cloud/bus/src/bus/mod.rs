@@ -46,6 +46,7 @@ use crate::target::DynTarget;
 
 pub use archive::{ReplayState, ReplayStatus};
 pub use defs::{Change, Definitions, ReplayDef};
+pub(crate) use deliver::dead_letter_record;
 pub(crate) use dispatch::load_watermark;
 
 /// Settings of the engine.
