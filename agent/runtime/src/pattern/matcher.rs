@@ -2,6 +2,7 @@
 //! values, testing each [`Matcher`] on a value, and solving a [`Branch`] under EventBridge's
 //! array-consistency rule.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -17,10 +18,49 @@ pub const MAX_EVENT_DEPTH: usize = 256;
 /// Which element of which array (numbered in event order) a leaf sits in.
 pub(crate) type Membership = Vec<(u32, u32)>;
 
+/// A scalar value of an event: what conditions are tested on. Strings are borrowed from the
+/// event (its `Value` or its text) unless they had to be unescaped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Num(Number),
+    Bool(bool),
+    Null,
+}
+
+impl<'a> Scalar<'a> {
+    /// The scalar of a JSON value; `None` for arrays and objects.
+    pub fn of(value: &'a Value) -> Option<Scalar<'a>> {
+        Some(match value {
+            Value::String(s) => Scalar::Str(Cow::Borrowed(s.as_str())),
+            Value::Number(n) => Scalar::Num(n.clone()),
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Null => Scalar::Null,
+            Value::Array(_) | Value::Object(_) => return None,
+        })
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Scalar::Num(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+}
+
 /// A scalar value of the event (string, number, bool or null) and the array elements holding it.
 #[derive(Debug)]
 pub(crate) struct Leaf<'a> {
-    pub value: &'a Value,
+    /// The id of the leaf's path where the caller numbers paths (a `RuleSet`); 0 otherwise.
+    pub path: u32,
+    pub value: Scalar<'a>,
     pub arrays: Membership,
 }
 
@@ -83,10 +123,15 @@ impl<'a> FlatEvent<'a> {
                     arrays.pop();
                 }
             }
-            scalar => self.fields.entry(path.clone()).or_default().push(Leaf {
-                value: scalar,
-                arrays: arrays.clone(),
-            }),
+            scalar => {
+                if let Some(value) = Scalar::of(scalar) {
+                    self.fields.entry(path.clone()).or_default().push(Leaf {
+                        path: 0,
+                        value,
+                        arrays: arrays.clone(),
+                    });
+                }
+            }
         }
     }
 
@@ -111,12 +156,12 @@ pub(crate) fn numbers_equal(a: &Number, b: &Number) -> bool {
 }
 
 /// Typed equality of a pattern literal and an event value.
-pub(crate) fn literal_equals(lit: &Literal, value: &Value) -> bool {
+pub(crate) fn literal_equals(lit: &Literal, value: &Scalar<'_>) -> bool {
     match (lit, value) {
-        (Literal::String(a), Value::String(b)) => a == b,
-        (Literal::Number(a), Value::Number(b)) => numbers_equal(a, b),
-        (Literal::Bool(a), Value::Bool(b)) => a == b,
-        (Literal::Null, Value::Null) => true,
+        (Literal::String(a), Scalar::Str(b)) => a.as_str() == b.as_ref(),
+        (Literal::Number(a), Scalar::Num(b)) => numbers_equal(a, b),
+        (Literal::Bool(a), Scalar::Bool(b)) => a == b,
+        (Literal::Null, Scalar::Null) => true,
         _ => false,
     }
 }
@@ -195,21 +240,36 @@ impl Wildcard {
     }
 }
 
+/// `s.to_lowercase()`, without allocating when that changes nothing (ASCII without capitals).
+pub(crate) fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.to_lowercase())
+    }
+}
+
 impl Matcher {
     /// Whether a present leaf value satisfies this matcher (`exists: false` never does).
     pub fn accepts(&self, value: &Value) -> bool {
+        match Scalar::of(value) {
+            Some(scalar) => self.accepts_scalar(&scalar),
+            // Arrays and objects are not leaves; as values they are present and equal to no
+            // literal, string or number.
+            None => matches!(self, Matcher::Exists(true) | Matcher::AnythingBut(_)),
+        }
+    }
+
+    /// [`Matcher::accepts`] on a scalar.
+    pub(crate) fn accepts_scalar(&self, value: &Scalar<'_>) -> bool {
         let s = value.as_str();
         match self {
             Matcher::Exact(lit) => literal_equals(lit, value),
             Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
             Matcher::Suffix(p) => s.is_some_and(|s| s.ends_with(p.as_str())),
-            Matcher::PrefixIgnoreCase(p) => {
-                s.is_some_and(|s| s.to_lowercase().starts_with(p.as_str()))
-            }
-            Matcher::SuffixIgnoreCase(p) => {
-                s.is_some_and(|s| s.to_lowercase().ends_with(p.as_str()))
-            }
-            Matcher::EqualsIgnoreCase(p) => s.is_some_and(|s| s.to_lowercase() == *p),
+            Matcher::PrefixIgnoreCase(p) => s.is_some_and(|s| lower(s).starts_with(p.as_str())),
+            Matcher::SuffixIgnoreCase(p) => s.is_some_and(|s| lower(s).ends_with(p.as_str())),
+            Matcher::EqualsIgnoreCase(p) => s.is_some_and(|s| lower(s) == p.as_str()),
             Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
             Matcher::Numeric(r) => value.as_f64().is_some_and(|x| r.contains(x)),
             Matcher::Exists(present) => *present,
@@ -225,8 +285,8 @@ impl Matcher {
                     s.is_some_and(|s| ps.iter().any(|p| s.ends_with(p.as_str())))
                 }
                 AnythingBut::EqualsIgnoreCase(ps) => s.is_some_and(|s| {
-                    let lower = s.to_lowercase();
-                    ps.contains(&lower)
+                    let lower = lower(s);
+                    ps.iter().any(|p| p.as_str() == lower)
                 }),
                 AnythingBut::Wildcard(ws) => s.is_some_and(|s| ws.iter().any(|w| w.matches(s))),
             },
@@ -238,6 +298,11 @@ impl Condition {
     /// Whether any matcher accepts `value`.
     pub fn accepts(&self, value: &Value) -> bool {
         self.matchers.iter().any(|m| m.accepts(value))
+    }
+
+    /// [`Condition::accepts`] on a scalar.
+    pub(crate) fn accepts_scalar(&self, value: &Scalar<'_>) -> bool {
+        self.matchers.iter().any(|m| m.accepts_scalar(value))
     }
 }
 
@@ -266,28 +331,42 @@ pub(crate) fn compatible(context: &[(u32, u32)], arrays: &[(u32, u32)]) -> bool 
 /// consistent with the values chosen for the other conditions (so within an array of objects,
 /// "absent" means absent from the element the other conditions matched in; outside arrays it
 /// means absent from the event).
-pub(crate) fn branch_matches(branch: &Branch, event: &FlatEvent<'_>) -> bool {
-    // Conditions that need a value first, then those that may hold by absence.
-    let mut steps: Vec<Step<'_, '_>> = Vec::with_capacity(branch.conditions.len());
+pub(crate) fn branch_matches<'e, 'a: 'e>(
+    branch: &Branch,
+    leaves_of: impl Fn(usize, &Condition) -> &'e [Leaf<'a>],
+) -> bool {
+    // First without allocating: when no value of the branch's fields sits in an array, the
+    // conditions are independent, and absence is global.
     let mut constrained = false;
-    for cond in &branch.conditions {
-        let all = event.get(&cond.path);
-        let accepted: Vec<&Leaf<'_>> = all.iter().filter(|l| cond.accepts(l.value)).collect();
-        let absent_ok = cond.allows_absent();
-        if accepted.is_empty() && !absent_ok {
+    let mut holds = true;
+    for (i, cond) in branch.conditions.iter().enumerate() {
+        let all = leaves_of(i, cond);
+        let accepted = all.iter().any(|l| cond.accepts_scalar(&l.value));
+        if !accepted && !cond.allows_absent() {
             return false;
         }
         constrained |= all.iter().any(|l| !l.arrays.is_empty());
-        steps.push(Step {
-            accepted,
-            all: if absent_ok { Some(all) } else { None },
-        });
+        holds &= accepted || all.is_empty();
     }
     if !constrained {
-        // No value sits in an array: conditions are independent, and absence is global.
-        return steps
+        return holds;
+    }
+    // Conditions that need a value first, then those that may hold by absence.
+    let mut steps: Vec<Step<'e, 'a>> = Vec::with_capacity(branch.conditions.len());
+    for (i, cond) in branch.conditions.iter().enumerate() {
+        let all = leaves_of(i, cond);
+        let accepted: Vec<&'e Leaf<'a>> = all
             .iter()
-            .all(|s| !s.accepted.is_empty() || s.all.is_some_and(<[_]>::is_empty));
+            .filter(|l| cond.accepts_scalar(&l.value))
+            .collect();
+        steps.push(Step {
+            accepted,
+            all: if cond.allows_absent() {
+                Some(all)
+            } else {
+                None
+            },
+        });
     }
     steps.sort_by_key(|s| s.all.is_some());
     // later[i]: the arrays that can constrain the search after step i (leaves of later steps,

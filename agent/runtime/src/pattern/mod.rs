@@ -23,8 +23,14 @@
 //!
 //! [`Pattern`] evaluates one pattern; [`RuleSet`] compiles many into one index whose per-event cost
 //! depends on the event and on the rules it matches, not on the number of rules, as long as each
-//! rule has a selective exact, equals-ignore-case, prefix, suffix or numeric condition (see
-//! [`RuleSet`]'s module notes in `compile.rs`).
+//! rule has a selective exact, equals-ignore-case, prefix, suffix, numeric or wildcard (with a
+//! literal start or end) condition (see [`RuleSet`]'s module notes in `compile.rs`).
+//! [`RuleSet::matches_json_bytes`] (and [`RuleSet::matching_rules_json`]) match event text
+//! without building a `serde_json::Value`: one validating pass over the bytes descends only into
+//! the fields some rule looks at and hands their values, borrowed from the text, to the index
+//! (`scan.rs`); text it does not handle exactly as serde_json does (a repeated key on such a
+//! field, nesting deeper than 100, any syntax error) goes through serde_json instead, so the
+//! answers and errors are those of parsing the text and calling [`RuleSet::matching_rules`].
 //!
 //! Limits: patterns nest at most [`parse::MAX_PATTERN_DEPTH`] levels and expand to at most
 //! [`parse::MAX_BRANCHES`] `$or` combinations; event values deeper than 256 levels are ignored.
@@ -49,6 +55,7 @@ mod compile;
 mod matcher;
 pub mod parse;
 mod prune;
+mod scan;
 
 use std::collections::HashSet;
 
@@ -100,7 +107,9 @@ impl Pattern {
             return false;
         }
         let flat = FlatEvent::new(event, Some(&self.relevant));
-        self.branches.iter().any(|b| branch_matches(b, &flat))
+        self.branches
+            .iter()
+            .any(|b| branch_matches(b, |_, c| flat.get(&c.path)))
     }
 
     /// Parses the event text and matches it; only the fields the pattern looks at are kept

@@ -30,6 +30,23 @@ pub(crate) fn parse_pruned(
     Ok(value)
 }
 
+/// [`parse_pruned`] on bytes (serde_json's `from_slice`).
+pub(crate) fn parse_pruned_slice(
+    text: &[u8],
+    relevant: &HashSet<String>,
+) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let mut path = String::new();
+    let value = Pruned {
+        relevant,
+        path: &mut path,
+        depth: 0,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
 struct Pruned<'a> {
     relevant: &'a HashSet<String>,
     path: &'a mut String,
