@@ -87,13 +87,33 @@ async fn work(
     target: &DynTarget,
 ) -> Result<()> {
     let store = engine.inner.store.clone();
-    let stats = &engine.inner.stats;
-    let cfg = &engine.inner.cfg;
     let cp_name = names::deliver_checkpoint(bus, &rule.name, &tdef.id);
     let holder = format!("bus-{}", uuid::Uuid::new_v4().simple());
     let mut lease = take_lease(engine, &cp_name, &holder).await?;
+    let result = deliver_loop(engine, bus, rule, tdef, target, &cp_name, &mut lease).await;
+    if matches!(result, Err(BusError::Closed)) {
+        // A graceful stop hands the target over at once (a restarted server or another
+        // replica need not wait for the lease to expire).
+        let _ = store.release_lease(&lease).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver_loop(
+    engine: &BusEngine,
+    bus: &str,
+    rule: &RuleDef,
+    tdef: &TargetDef,
+    target: &DynTarget,
+    cp_name: &str,
+    lease: &mut Lease,
+) -> Result<()> {
+    let store = engine.inner.store.clone();
+    let stats = &engine.inner.stats;
+    let cfg = &engine.inner.cfg;
     let mut renewed_at = tokio::time::Instant::now();
-    let floor = store.load_checkpoint(&cp_name).await?.map_or(0, |v| v + 1);
+    let floor = store.load_checkpoint(cp_name).await?.map_or(0, |v| v + 1);
     let spec = InputSpec::from_target(tdef)?;
     let rule_arn = engine.rule_arn(bus, &rule.name);
     let dlq = names::dlq_stream(bus, &rule.name, &tdef.id);
@@ -114,7 +134,7 @@ async fn work(
     let max_batch = target.max_batch().max(1);
     loop {
         if renewed_at.elapsed() > LEASE_TTL / 3 {
-            lease = store.renew_lease(&lease).await?;
+            *lease = store.renew_lease(lease).await?;
             renewed_at = tokio::time::Instant::now();
         }
         // Fill the window.

@@ -137,6 +137,8 @@ pub(crate) struct Compiled {
 }
 
 const RULE_PREFIX: &str = "r/";
+/// How long [`BusEngine::shutdown`] lets tasks finish before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const ARCHIVE_PREFIX: &str = "a/";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -799,11 +801,14 @@ impl BusEngine {
         let _ = self.inner.stop_tx.send(true);
         let handles: Vec<JoinHandle<()>> =
             self.inner.tasks.lock().drain().map(|(_, h)| h).collect();
-        for h in &handles {
-            h.abort();
-        }
-        for h in handles {
-            let _ = h.await;
+        // The tasks see the stop at their next wait and release their leases; a task busy in a
+        // slow delivery is aborted after a grace period (its deliveries are redelivered).
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut h in handles {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                h.abort();
+                let _ = h.await;
+            }
         }
     }
 
