@@ -262,7 +262,7 @@ async fn deliver_loop(
         }
         if let Some(floor) = tracker.advance() {
             store
-                .save_checkpoint(&cp_name, floor - 1, Some(&lease))
+                .save_checkpoint(cp_name, floor - 1, Some(lease))
                 .await?;
         }
         if read_any && tracker.room() > 0 {
