@@ -88,8 +88,7 @@ async fn work(
 ) -> Result<()> {
     let store = engine.inner.store.clone();
     let cp_name = names::deliver_checkpoint(bus, &rule.name, &tdef.id);
-    let holder = format!("bus-{}", uuid::Uuid::new_v4().simple());
-    let mut lease = take_lease(engine, &cp_name, &holder).await?;
+    let mut lease = take_lease(engine, &cp_name, &engine.inner.holder).await?;
     let result = deliver_loop(engine, bus, rule, tdef, target, &cp_name, &mut lease).await;
     if matches!(result, Err(BusError::Closed)) {
         // A graceful stop hands the target over at once (a restarted server or another

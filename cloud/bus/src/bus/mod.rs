@@ -169,6 +169,9 @@ pub(crate) struct Inner {
     compiled: RwLock<HashMap<String, Arc<Compiled>>>,
     tasks: Mutex<HashMap<TaskKey, JoinHandle<()>>>,
     schemas: Mutex<SchemaRegistry>,
+    /// This engine's lease holder name: a worker restarted or replaced inside the engine takes
+    /// its target's lease again at once; another engine (replica) waits for it.
+    pub holder: String,
     pub stats: BusStats,
     pub stop: tokio::sync::watch::Receiver<bool>,
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -208,6 +211,7 @@ impl BusEngine {
                 compiled: RwLock::new(HashMap::new()),
                 tasks: Mutex::new(HashMap::new()),
                 schemas: Mutex::new(SchemaRegistry::new()),
+                holder: format!("bus-{}", uuid::Uuid::new_v4().simple()),
                 stats: BusStats::default(),
                 stop,
                 stop_tx,
