@@ -3,14 +3,13 @@
 
 use outrider_proto::Event;
 use outrider_store::{Direction, StreamFrom};
-use time::format_description::well_known::Rfc3339;
 
-use super::dispatch::{ingested_ms, original};
+use super::dispatch::original;
 use super::BusEngine;
 use crate::error::{BusError, Result};
 use crate::model::{RuleDef, TargetDef};
 use crate::names;
-use crate::transform::{InputSpec, RenderContext};
+use crate::transform::InputSpec;
 
 /// One entry of a Subscriber target's stream, ready for a consumer.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,17 +96,5 @@ fn render(
     rule_arn: &str,
     rule_name: &str,
 ) -> std::result::Result<String, String> {
-    let json = outrider_proto::eventbridge::to_json(event).map_err(|e| e.to_string())?;
-    let ingested = ingested_ms(entry)
-        .and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        })
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default();
-    let ctx = RenderContext {
-        rule_arn,
-        rule_name,
-        ingestion_time: &ingested,
-    };
-    spec.render(&json, &ctx).map_err(|e| e.to_string())
+    super::deliver::render_payload(spec, entry, event, rule_arn, rule_name).map_err(|e| e.message)
 }

@@ -293,9 +293,22 @@ fn render(
     rule_arn: &str,
     rule_name: &str,
 ) -> std::result::Result<String, DeliveryError> {
-    let json = outrider_proto::eventbridge::to_json(&item.original)
+    render_payload(spec, &item.entry, &item.original, rule_arn, rule_name)
+}
+
+/// The target's input for queue entry `entry` (made from bus event `original`): the rule's
+/// Input / InputPath / InputTransformer with the `aws.events.*` values (ingestion time = when
+/// the dispatcher queued it).
+pub(crate) fn render_payload(
+    spec: &InputSpec,
+    entry: &Event,
+    original: &Event,
+    rule_arn: &str,
+    rule_name: &str,
+) -> std::result::Result<String, DeliveryError> {
+    let json = outrider_proto::eventbridge::to_json(original)
         .map_err(|e| DeliveryError::permanent("InvalidEvent", e.to_string()))?;
-    let ingested = ingested_ms(&item.entry)
+    let ingested = ingested_ms(entry)
         .and_then(|ms| {
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
         })
