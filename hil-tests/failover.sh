@@ -95,44 +95,15 @@ CLOUD_PID=""
 AGENT_PID=""
 
 log() { printf '[failover %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() {
-    echo "error: $*" >&2
-    exit 1
-}
+# shellcheck source=hil-tests/lib.sh
+source hil-tests/lib.sh # the script runs from the repository root (cd above)
 
 # --- cleanup: always, on every exit path ----------------------------------------
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local ns pid pids=()
-    if [[ -n $CHILD ]]; then
-        pids+=("$CHILD")
-    fi
-    for ns in "$NS_AGENT" "$NS_CLOUD"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do
-            pids+=("$pid")
-        done
-    done
-    if ((${#pids[@]})); then
-        kill -TERM "${pids[@]}" 2>/dev/null
-        local deadline=$((SECONDS + 10))
-        for pid in "${pids[@]}"; do
-            while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null
-        done
-    fi
-    ip netns exec "$NS_AGENT" nft delete table inet "$NFT_TABLE" 2>/dev/null
-    ip netns exec "$NS_CLOUD" nft delete table inet "$NFT_TABLE" 2>/dev/null
-    ip netns del "$NS_AGENT" 2>/dev/null
-    ip netns del "$NS_CLOUD" 2>/dev/null
-    # veth ends left in the root namespace by a half-built setup.
-    local v
-    for v in "$DX_AGENT" "$DX_CLOUD" "$VPN_AGENT" "$VPN_CLOUD"; do
-        ip link del "$v" 2>/dev/null
-    done
+    teardown_namespaces "$NFT_TABLE" "$NS_AGENT" "$NS_CLOUD" -- "$DX_AGENT" "$DX_CLOUD" "$VPN_AGENT" "$VPN_CLOUD"
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $KEEP == 1 ]]; then
             echo "scratch kept in $WORK"
@@ -157,20 +128,7 @@ grpc | quic) ;;
 *) die "TRANSPORT must be grpc or quic, not $TRANSPORT" ;;
 esac
 
-if [[ -z ${BIN_DIR:-} ]]; then
-    BIN_DIR=target/debug
-    log "building the binaries (debug)"
-    cargo build --locked -q -p outrider-agent -p outrider-cloud -p outrider -p outrider-sync-bench --bins ||
-        die "cargo build failed"
-fi
-BIN_DIR=$(cd "$BIN_DIR" && pwd)
-for b in outrider-agent outrider-cloud outrider sync-bench; do
-    [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b is missing (build it, or unset BIN_DIR to build)"
-done
-AGENT_BIN=$BIN_DIR/outrider-agent
-CLOUD_BIN=$BIN_DIR/outrider-cloud
-CLI_BIN=$BIN_DIR/outrider
-BENCH_BIN=$BIN_DIR/sync-bench
+find_binaries
 
 WORK=$(mktemp -d /tmp/outrider-fo.XXXXXX)
 mkdir -p "$WORK/produced"
@@ -486,33 +444,6 @@ wait_producer() {
     log "  producer $name: $(jq -c '{appended, first_index}' "$WORK/produced/$name.json")"
 }
 
-# isolated FUNC ARGS...: runs FUNC in a subshell with `set -e` and sets RC to its status (as in
-# run.sh: never call it in `if`, `&&` or `||`).
-isolated() {
-    set +e
-    (
-        set -e
-        "$@"
-    ) &
-    CHILD=$!
-    wait "$CHILD"
-    RC=$?
-    CHILD=""
-    set -e
-}
-
-record() {
-    local name=$1 rc=$2
-    if ((rc == 0)); then
-        PASSED=$((PASSED + 1))
-        RESULTS+=("PASS  $name")
-        log "PASS  $name"
-    else
-        FAILED=$((FAILED + 1))
-        RESULTS+=("FAIL  $name")
-        log "FAIL  $name"
-    fi
-}
 
 # The metric lines of each steady state.
 ON_DX=('outrider_link_state{link="dx",state="up"} 1' 'outrider_link_active{link="dx"} 1'

@@ -60,43 +60,17 @@ FAILED=0
 RESULTS=()
 
 log() { printf '[hil %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() {
-    echo "error: $*" >&2
-    exit 1
-}
+# shellcheck source=hil-tests/lib.sh
+source hil-tests/lib.sh # the script runs from the repository root (cd above)
 
 # --- cleanup: always, on every exit path ----------------------------------------
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    # The running case's subshell, then every process still in our namespaces (all ours).
-    local ns pid pids=()
-    if [[ -n $CHILD ]]; then
-        pids+=("$CHILD")
-    fi
-    for ns in "$NS_AGENT" "$NS_CLOUD"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do
-            pids+=("$pid")
-        done
-    done
-    if ((${#pids[@]})); then
-        kill -TERM "${pids[@]}" 2>/dev/null
-        local deadline=$((SECONDS + 10))
-        for pid in "${pids[@]}"; do
-            while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null
-        done
-    fi
-    ip netns exec "$NS_AGENT" nft delete table inet "$NFT_TABLE" 2>/dev/null
-    ip netns exec "$NS_CLOUD" nft delete table inet "$NFT_TABLE" 2>/dev/null
-    ip netns del "$NS_AGENT" 2>/dev/null
-    ip netns del "$NS_CLOUD" 2>/dev/null
-    # A veth end left in the root namespace by a half-built setup.
-    ip link del "$VETH_AGENT" 2>/dev/null
-    ip link del "$VETH_CLOUD" 2>/dev/null
+    # The running case's subshell and every process in our namespaces (all ours), the nft
+    # tables, the namespaces, veth ends left by a half-built setup.
+    teardown_namespaces "$NFT_TABLE" "$NS_AGENT" "$NS_CLOUD" -- "$VETH_AGENT" "$VETH_CLOUD"
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $KEEP == 1 ]]; then
             echo "scratch kept in $WORK"
@@ -123,20 +97,7 @@ if ! command -v nft >/dev/null; then
     command -v nft >/dev/null || die "nft still missing after installing nftables"
 fi
 
-if [[ -z ${BIN_DIR:-} ]]; then
-    BIN_DIR=target/debug
-    log "building the binaries (debug)"
-    cargo build --locked -q -p outrider-agent -p outrider-cloud -p outrider -p outrider-sync-bench --bins ||
-        die "cargo build failed"
-fi
-BIN_DIR=$(cd "$BIN_DIR" && pwd)
-for b in outrider-agent outrider-cloud outrider sync-bench; do
-    [[ -x $BIN_DIR/$b ]] || die "$BIN_DIR/$b is missing (build it, or unset BIN_DIR to build)"
-done
-AGENT_BIN=$BIN_DIR/outrider-agent
-CLOUD_BIN=$BIN_DIR/outrider-cloud
-CLI_BIN=$BIN_DIR/outrider
-BENCH_BIN=$BIN_DIR/sync-bench
+find_binaries
 
 WORK=$(mktemp -d /tmp/outrider-hil.XXXXXX)
 log "scratch $WORK, binaries $BIN_DIR"
@@ -351,36 +312,6 @@ run_bench() {
     set_loss 0
 }
 
-# isolated FUNC ARGS...: runs FUNC in a subshell with `set -e` (any failing step fails it) and
-# sets RC to its status. Call it as a plain command, never in `if`, `&&` or `||` (bash would
-# ignore `set -e` inside). The subshell runs in the background so that a signal to this script
-# is handled at once (bash runs traps only between foreground commands); the cleanup stops it.
-isolated() {
-    set +e
-    (
-        set -e
-        "$@"
-    ) &
-    CHILD=$!
-    wait "$CHILD"
-    RC=$?
-    CHILD=""
-    set -e
-}
-
-# record NAME RC
-record() {
-    local name=$1 rc=$2
-    if ((rc == 0)); then
-        PASSED=$((PASSED + 1))
-        RESULTS+=("PASS  $name")
-        log "PASS  $name"
-    else
-        FAILED=$((FAILED + 1))
-        RESULTS+=("FAIL  $name")
-        log "FAIL  $name"
-    fi
-}
 
 for transport in $TRANSPORTS; do
     for loss in $LOSSES; do
