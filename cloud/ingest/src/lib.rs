@@ -20,6 +20,7 @@
 //! * [`tls`]: the server's rustls configuration from PEM files.
 
 pub use outrider_proto::framing;
+pub mod event_store;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
@@ -29,6 +30,7 @@ mod session;
 pub mod store;
 pub mod tls;
 
+pub use event_store::EventStoreIngest;
 pub use server::{serve, Security, Server, ServerConfig};
 pub use session::{IngestStats, PeerInfo};
 pub use store::{IngestStore, LogStore, StoreError};

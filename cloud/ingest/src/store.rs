@@ -59,6 +59,25 @@ pub fn cloud_stream(node: &str, stream: &str) -> String {
     format!("{node}/{stream}")
 }
 
+/// A batch's events grouped by their cloud stream (`<node>/<stream>`), streams in order of
+/// first appearance, events in the node's order: one append per stream of a commit.
+pub(crate) fn group_by_cloud_stream(
+    node: &str,
+    events: Vec<outrider_runtime::Event>,
+) -> Vec<(String, Vec<outrider_runtime::Event>)> {
+    let mut groups: Vec<(String, Vec<outrider_runtime::Event>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for e in events {
+        let stream = cloud_stream(node, &e.stream);
+        let i = *index.entry(stream.clone()).or_insert_with(|| {
+            groups.push((stream, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(e);
+    }
+    groups
+}
+
 /// The runtime configuration of a cloud store in `dir`: node id `cloud`, and room for an event
 /// at the agent's size limit once its stream carries the `<node>/` prefix.
 pub fn cloud_log_config(dir: impl Into<std::path::PathBuf>) -> outrider_runtime::LogConfig {
@@ -118,20 +137,14 @@ impl IngestStore for LogStore {
 
     fn commit(&self, req: CommitRequest) -> CommitOutcome {
         let name = watermark_name(&req.node, &req.epoch, &req.lane);
-        let mut appends: Vec<StreamAppend> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for e in req.events {
-            let stream = cloud_stream(&req.node, &e.stream);
-            let i = *index.entry(stream.clone()).or_insert_with(|| {
-                appends.push(StreamAppend {
-                    stream,
-                    expected: ExpectedVersion::Any,
-                    events: Vec::new(),
-                });
-                appends.len() - 1
-            });
-            appends[i].events.push(e);
-        }
+        let appends: Vec<StreamAppend> = group_by_cloud_stream(&req.node, req.events)
+            .into_iter()
+            .map(|(stream, events)| StreamAppend {
+                stream,
+                expected: ExpectedVersion::Any,
+                events,
+            })
+            .collect();
         let checkpoint = Checkpoint {
             name,
             expected: req.prev_watermark,

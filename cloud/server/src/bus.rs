@@ -36,8 +36,8 @@ use outrider_bus::api::groups::{GroupSettings, Groups};
 use outrider_bus::bus::{BusConfig, BusEngine};
 use outrider_bus::model::{ArchiveDef, RuleDef};
 use outrider_bus::targets::factory::{DefaultFactory, FactoryConfig};
-use outrider_runtime::{Clock, Log, SystemClock};
-use outrider_store::{EventStore, SledStore};
+use outrider_runtime::{Clock, SystemClock};
+use outrider_store::EventStore;
 use serde::Deserialize;
 
 /// `[bus]`.
@@ -121,20 +121,15 @@ impl RunningBus {
     }
 }
 
-/// Starts the bus on the server's log (shared with the ingest).
+/// Starts the bus on the server's store (the one the ingest commits to).
 pub async fn start(
     section: &BusSection,
-    log: &Log,
-    data_dir: &std::path::Path,
+    store: Arc<dyn EventStore>,
 ) -> anyhow::Result<Option<RunningBus>> {
     if !section.enabled {
         return Ok(None);
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store: Arc<dyn EventStore> = Arc::new(
-        SledStore::from_log(log.clone(), data_dir, "cloud", clock.clone())
-            .context("bus: cannot open the store's checkpoints")?,
-    );
     let factory = DefaultFactory::new(FactoryConfig {
         kinesis_region: section.kinesis_region.clone(),
         kinesis_endpoint: section.kinesis_endpoint.clone(),

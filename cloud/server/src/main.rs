@@ -8,6 +8,7 @@
 //! data_dir = "./data/cloud"
 //! probe_echo_listen = "0.0.0.0:7444" # UDP echo for the agents' udp_echo link probes (absent: off)
 //! [bus]                     # the event bus on the same store (see bus.rs): on by default
+//! [store]                   # optional: PostgreSQL instead of data_dir (postgres = "URL", schema, pool_size)
 //! [tls]                     # mTLS: the node id comes from the client certificate
 //! ca = "certs/ca.pem"
 //! cert = "certs/server.pem"
@@ -24,8 +25,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use outrider_ingest::{LogStore, Security, ServerConfig, TlsFiles};
-use outrider_runtime::Log;
+use std::sync::Arc;
+
+use outrider_ingest::{EventStoreIngest, LogStore, Security, ServerConfig, TlsFiles};
+use outrider_runtime::{Log, SystemClock};
+use outrider_store::{EventStore, PgConfig, PgStore, SledStore};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -62,6 +66,31 @@ struct CloudConfig {
     /// The event bus (on by default, no listeners unless configured).
     #[serde(default)]
     bus: bus::BusSection,
+    /// PostgreSQL instead of the embedded store in `data_dir` (several servers can then share
+    /// one database).
+    #[serde(default)]
+    store: Option<StoreSection>,
+}
+
+/// `[store]`: the cloud store on PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    /// A libpq-style connection string or URL (no TLS: loopback or a private network).
+    postgres: String,
+    /// The schema of the store's tables (created if missing).
+    #[serde(default = "default_schema")]
+    schema: String,
+    #[serde(default = "default_pool")]
+    pool_size: usize,
+}
+
+fn default_schema() -> String {
+    "outrider".into()
+}
+
+fn default_pool() -> usize {
+    16
 }
 
 fn yes() -> bool {
@@ -119,6 +148,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
+    match cfg.store.clone() {
+        Some(pg) => run_on_postgres(cfg, pg, security).await,
+        None => run_on_sled(cfg, security).await,
+    }
+}
+
+/// The embedded store: the runtime's log in `data_dir`, shared by the ingest and the bus.
+async fn run_on_sled(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
     let log_cfg = outrider_ingest::store::cloud_log_config(&cfg.data_dir);
     let dir = cfg.data_dir.clone();
     let (log, report) = tokio::task::spawn_blocking(move || Log::open(log_cfg))
@@ -129,6 +166,60 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
         tracing::warn!(position = c.position, reason = %c.reason, "STORE CORRUPTION FOUND: cut back to the intact prefix");
     }
     tracing::info!(data_dir = %cfg.data_dir.display(), head = report.head, "store opened");
+    let bus_store: Arc<dyn EventStore> = Arc::new(
+        SledStore::from_log(log.clone(), &cfg.data_dir, "cloud", Arc::new(SystemClock))
+            .context("bus: cannot open the store's checkpoints")?,
+    );
+    let result = serve_all(
+        &cfg,
+        security,
+        LogStore::new(log.clone()),
+        bus_store,
+        Some(log.clone()),
+    )
+    .await;
+    let closed = tokio::task::spawn_blocking(move || log.close())
+        .await
+        .context("closing the store: task failed")?;
+    result?;
+    closed.context("closing the store")?;
+    Ok(())
+}
+
+/// PostgreSQL: the ingest commits through `EventStoreIngest`, the bus runs on the same store.
+async fn run_on_postgres(
+    cfg: CloudConfig,
+    pg: StoreSection,
+    security: Security,
+) -> anyhow::Result<()> {
+    let mut pcfg = PgConfig::new(pg.postgres.clone());
+    pcfg.schema.clone_from(&pg.schema);
+    pcfg.pool_size = pg.pool_size;
+    let store: Arc<dyn EventStore> = Arc::new(PgStore::connect(pcfg).await.with_context(|| {
+        format!(
+            "store.postgres: cannot open the store in schema {}",
+            pg.schema
+        )
+    })?);
+    tracing::info!(schema = %pg.schema, "store opened on PostgreSQL");
+    serve_all(
+        &cfg,
+        security,
+        EventStoreIngest::new(store.clone()),
+        store,
+        None,
+    )
+    .await
+}
+
+/// Runs the ingest, the probe echo, the bus and `/metrics` until SIGTERM/SIGINT.
+async fn serve_all<S: outrider_ingest::IngestStore>(
+    cfg: &CloudConfig,
+    security: Security,
+    ingest_store: S,
+    bus_store: Arc<dyn EventStore>,
+    log: Option<Log>,
+) -> anyhow::Result<()> {
     let mut server_cfg = ServerConfig::new(cfg.listen, security);
     server_cfg.quic = cfg.quic;
     let server = outrider_ingest::Server::bind(server_cfg).await?;
@@ -136,22 +227,16 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
         Some(addr) => Some(serve_echo(addr).await?),
         None => None,
     };
-    let bus = bus::start(&cfg.bus, &log, &cfg.data_dir).await?;
+    let bus = bus::start(&cfg.bus, bus_store).await?;
     let stats = server.stats();
     let metrics = match cfg.metrics_listen {
-        Some(addr) => Some(
-            serve_metrics(
-                addr,
-                stats,
-                log.clone(),
-                bus.as_ref().map(|b| b.engine.clone()),
-            )
-            .await?,
-        ),
+        Some(addr) => {
+            Some(serve_metrics(addr, stats, log, bus.as_ref().map(|b| b.engine.clone())).await?)
+        }
         None => None,
     };
     let result = server
-        .run(LogStore::new(log.clone()), async {
+        .run(ingest_store, async {
             shutdown_signal().await;
             tracing::info!("shutting down");
         })
@@ -165,19 +250,14 @@ async fn run(cfg: CloudConfig, security: Security) -> anyhow::Result<()> {
     if let Some(b) = bus {
         b.stop().await;
     }
-    let closed = tokio::task::spawn_blocking(move || log.close())
-        .await
-        .context("closing the store: task failed")?;
-    result?;
-    closed.context("closing the store")?;
-    Ok(())
+    result
 }
 
 /// Serves `/metrics` (the ingest's and the store's figures) and `/healthz` on `addr`.
 async fn serve_metrics(
     addr: SocketAddr,
     stats: std::sync::Arc<outrider_ingest::IngestStats>,
-    log: Log,
+    log: Option<Log>,
     bus: Option<outrider_bus::bus::BusEngine>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -191,7 +271,7 @@ async fn serve_metrics(
             axum::routing::get(move || {
                 let (stats, log, bus) = (stats.clone(), log.clone(), bus.clone());
                 async move {
-                    let mut text = outrider_ingest::metrics::render(&stats, Some(&log));
+                    let mut text = outrider_ingest::metrics::render(&stats, log.as_ref());
                     if let Some(bus) = &bus {
                         text.push_str(&outrider_bus::metrics::render(bus));
                     }
