@@ -67,6 +67,7 @@ async fn bridge(engine: &BusEngine, local_node: &str) -> Result<()> {
         };
         let buses = engine.definitions().buses;
         let mut by_bus: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        let mut items: Vec<(u64, String, Event)> = Vec::new();
         for e in batch.events.iter().filter(|e| from_agent(e, local_node)) {
             let named = bus_of(&e.event_bus_name);
             let bus = if buses.contains_key(named) {
@@ -87,6 +88,7 @@ async fn bridge(engine: &BusEngine, local_node: &str) -> Result<()> {
             b.stream.clear();
             b.version = 0;
             b.position = 0;
+            items.push((e.position, bus.to_string(), b.clone()));
             by_bus.entry(bus.to_string()).or_default().push(b);
         }
         if by_bus.is_empty() {
@@ -125,7 +127,96 @@ async fn bridge(engine: &BusEngine, local_node: &str) -> Result<()> {
                 wm = super::bus::load_watermark(&*store, BRIDGE_WATERMARK).await?;
                 sub = Subscription::new(store.clone(), wm, None);
             }
+            Err(e) if crate::bus::per_entry(&e) => {
+                // One event the bus cannot take (e.g. an agent event at the size limit that is
+                // over it with its bus marks) must not stop the others: one by one, each with
+                // the watermark; a refused one leaves a record in `bus-bridge-skipped` instead.
+                match one_by_one(engine, &*store, wm, items).await? {
+                    Some(new) => wm = Some(new),
+                    None => {
+                        wm = super::bus::load_watermark(&*store, BRIDGE_WATERMARK).await?;
+                        sub = Subscription::new(store.clone(), wm, None);
+                    }
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Where the bridge records the agents' events the bus refused.
+pub const SKIPPED_STREAM: &str = "bus-bridge-skipped";
+
+/// Puts a page's events one at a time, each with the watermark moved to its position; an event
+/// the store refuses is replaced by a record in [`SKIPPED_STREAM`] (so the watermark still
+/// moves past it, durably noted). `Ok(None)`: another bridge moved the watermark meanwhile.
+async fn one_by_one(
+    engine: &BusEngine,
+    store: &dyn EventStore,
+    mut wm: Option<u64>,
+    items: Vec<(u64, String, Event)>,
+) -> Result<Option<u64>> {
+    let mut last = wm;
+    for (position, bus, event) in items {
+        let mark = |wm: Option<u64>| Watermark {
+            name: BRIDGE_WATERMARK.into(),
+            expected: wm,
+            new: position,
+        };
+        let id = event.id.clone();
+        let put = store
+            .append_batch(
+                vec![StreamAppend {
+                    stream: names::bus_stream(&bus),
+                    expected: ExpectedVersion::Any,
+                    events: vec![event],
+                }],
+                Some(mark(wm)),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                engine
+                    .inner
+                    .stats
+                    .put_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(StoreError::WatermarkConflict { .. }) => return Ok(None),
+            Err(e) if crate::bus::per_entry(&e) => {
+                tracing::warn!(id = %id, position, error = %e, "an agent's event was not put into the bus; recorded in {SKIPPED_STREAM}");
+                engine
+                    .inner
+                    .stats
+                    .put_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let record = Event {
+                    id: names::derived_id(&["bridge-skip", &id, &position.to_string()]),
+                    source: "outrider.bus".into(),
+                    detail_type: "Bridge Skipped".into(),
+                    detail: serde_json::json!({"event": id, "position": position, "bus": bus, "error": e.to_string()}).to_string(),
+                    ..Event::default()
+                };
+                match store
+                    .append_batch(
+                        vec![StreamAppend {
+                            stream: SKIPPED_STREAM.into(),
+                            expected: ExpectedVersion::Any,
+                            events: vec![record],
+                        }],
+                        Some(mark(wm)),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::WatermarkConflict { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        wm = Some(position);
+        last = wm;
+    }
+    Ok(last)
 }

@@ -729,3 +729,68 @@ async fn an_entry_the_store_refuses_fails_alone() {
     assert_eq!(stream(&store, "bus/default").await.len(), 2);
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_event_the_bus_cannot_take_is_recorded_and_does_not_stop_the_bridge() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let factory = Arc::new(Factory::default());
+    let sink = Recorder::ok();
+    factory.targets.lock().insert("t".into(), sink.clone());
+    let bus = BusEngine::start(store.clone(), fast(), factory, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    bus.put_rule(rule(
+        "edge",
+        json!({"source": ["edge.app"]}),
+        vec![target("t")],
+    ))
+    .await
+    .unwrap();
+    let synced = |seq: u64, pad: usize| Event {
+        id: format!("edge-1-{seq}"),
+        source: "edge.app".into(),
+        detail_type: "reading".into(),
+        detail: json!({"seq": seq, "pad": "x".repeat(pad)}).to_string(),
+        origin_node: "edge-1".into(),
+        origin_seq: seq,
+        stream: "edge-1/app".into(),
+        time_seconds: 1,
+        ..Event::default()
+    };
+    // An event just under the store's limit as the ingest stores it: over it as the bus's copy.
+    let limit = outrider_store::MAX_EVENT_BYTES;
+    let mut pad = limit - 200;
+    while synced(1, pad + 1).encoded_len() < limit - 4 {
+        pad += 1;
+    }
+    let big = synced(1, pad);
+    assert!(big.encoded_len() < limit);
+    store
+        .append(
+            "edge-1/app",
+            outrider_store::ExpectedVersion::Any,
+            vec![synced(0, 1), big, synced(2, 1)],
+        )
+        .await
+        .unwrap();
+    let bridge = tokio::spawn(outrider_bus::bridge::run(bus.clone(), "cloud".into()));
+    sink.wait_for("the two events around the big one", |d| d.len() >= 2)
+        .await;
+    let ids: Vec<String> = sink
+        .succeeded()
+        .iter()
+        .map(|d| d.event.id.clone())
+        .collect();
+    assert_eq!(ids, ["edge-1-0", "edge-1-2"]);
+    let skipped = stream(&store, outrider_bus::bridge::SKIPPED_STREAM).await;
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].detail.contains("edge-1-1"),
+        "{}",
+        skipped[0].detail
+    );
+    bus.shutdown().await;
+    bridge.abort();
+}

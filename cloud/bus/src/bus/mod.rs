@@ -993,7 +993,7 @@ fn schema_error(e: SchemaError) -> BusError {
 }
 
 /// Whether a store refusal of a batch is about one of its entries (so the others may go alone).
-fn per_entry(e: &StoreError) -> bool {
+pub(crate) fn per_entry(e: &StoreError) -> bool {
     matches!(
         e,
         StoreError::EventTooLarge { .. }
